@@ -1,0 +1,248 @@
+"""The model directory: ``bmcd.json`` schema, reading, writing and validation.
+
+A model directory looks like::
+
+    model/
+      bmcd.json         schema_version, bmcd_version, arch, image_size, classes,
+                        positive_class, threshold, preprocess {...}, training {...},
+                        metrics {...}, exports {...}
+      model.keras
+      model.onnx        metadata_props["bmcd"] carries the same JSON subset
+      model.int8.onnx
+      report/
+
+The ONNX files carry the inference-relevant subset (:func:`onnx_metadata`) under the
+metadata key ``"bmcd"``, so a bare ``.onnx`` file is self-describing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .errors import ModelFormatError
+from .preprocessing import PreprocessConfig
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MODEL_JSON",
+    "KERAS_FILE",
+    "ONNX_FILE",
+    "ONNX_INT8_FILE",
+    "REPORT_DIR",
+    "ONNX_METADATA_KEY",
+    "CLASSES",
+    "POSITIVE_CLASS",
+    "new_model_json",
+    "validate_model_json",
+    "read_model_json",
+    "write_model_json",
+    "update_model_json",
+    "onnx_metadata",
+    "parse_onnx_metadata",
+    "atomic_write_bytes",
+]
+
+SCHEMA_VERSION = 1
+MODEL_JSON = "bmcd.json"
+KERAS_FILE = "model.keras"
+ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"
+REPORT_DIR = "report"
+ONNX_METADATA_KEY = "bmcd"
+
+#: Class order everywhere in bmcd: column 1 of predict_proba is p(all); label 1 = "all".
+CLASSES = ("hem", "all")
+POSITIVE_CLASS = "all"
+
+_REQUIRED = (
+    "schema_version",
+    "bmcd_version",
+    "arch",
+    "image_size",
+    "classes",
+    "positive_class",
+    "threshold",
+    "preprocess",
+)
+# what travels inside an ONNX file (everything needed to preprocess and threshold)
+_ONNX_KEYS = _REQUIRED
+
+
+def new_model_json(
+    *,
+    arch: str,
+    preprocess: PreprocessConfig,
+    threshold: float = 0.5,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    exports: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A fresh, valid ``bmcd.json`` document."""
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "bmcd_version": __version__,
+        "arch": arch,
+        "image_size": preprocess.image_size,
+        "classes": list(CLASSES),
+        "positive_class": POSITIVE_CLASS,
+        "threshold": float(threshold),
+        "preprocess": preprocess.to_dict(),
+        "training": dict(training or {}),
+        "metrics": dict(metrics or {}),
+        "exports": dict(exports or {}),
+    }
+    validate_model_json(meta)
+    return meta
+
+
+def validate_model_json(meta: Any, source: str = MODEL_JSON) -> dict[str, Any]:
+    """Check a ``bmcd.json`` document; return it (with optional sections filled in).
+
+    Raises
+    ------
+    ModelFormatError
+        A key is missing, the schema version is unknown, or values are inconsistent.
+    """
+    if not isinstance(meta, dict):
+        raise ModelFormatError(
+            f"{source}: expected a JSON object, received {type(meta).__name__}."
+        )
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise ModelFormatError(
+            f"{source}: missing required keys {missing}. Expected at least {list(_REQUIRED)}. "
+            f"Re-save the model with Classifier.save() or re-export it."
+        )
+    if meta["schema_version"] != SCHEMA_VERSION:
+        raise ModelFormatError(
+            f"{source}: unknown schema_version {meta['schema_version']!r}; this bmcd "
+            f"({__version__}) reads schema_version {SCHEMA_VERSION}. Upgrade bmcd or re-save "
+            f"the model."
+        )
+    if not isinstance(meta["arch"], str) or not meta["arch"]:
+        raise ModelFormatError(f"{source}: 'arch' must be a non-empty string, received {meta['arch']!r}.")
+    if list(meta["classes"]) != list(CLASSES) or meta["positive_class"] != POSITIVE_CLASS:
+        raise ModelFormatError(
+            f"{source}: expected classes {list(CLASSES)} with positive_class "
+            f"'{POSITIVE_CLASS}', received {meta['classes']!r} / {meta['positive_class']!r}."
+        )
+    thr = meta["threshold"]
+    if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not 0.0 <= thr <= 1.0:
+        raise ModelFormatError(f"{source}: 'threshold' must be a number in [0, 1], received {thr!r}.")
+    try:
+        cfg = PreprocessConfig.from_dict(meta["preprocess"])
+    except (TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{source}: invalid 'preprocess' section: {exc}") from exc
+    if meta["image_size"] != cfg.image_size:
+        raise ModelFormatError(
+            f"{source}: image_size {meta['image_size']!r} disagrees with preprocess.image_size "
+            f"{cfg.image_size}. The file was edited by hand or is corrupt; re-save the model."
+        )
+    for key in ("training", "metrics", "exports"):
+        meta.setdefault(key, {})
+        if not isinstance(meta[key], dict):
+            raise ModelFormatError(f"{source}: '{key}' must be an object, received {meta[key]!r}.")
+    return meta
+
+
+def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``model_dir/bmcd.json``.
+
+    Raises
+    ------
+    ModelFormatError
+        The directory or file is missing, is not JSON, or fails validation.
+    """
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ModelFormatError(
+            f"Expected a bmcd model directory, but '{d}' "
+            f"{'is a file' if d.exists() else 'does not exist'}. A model directory holds "
+            f"{MODEL_JSON} and the model files written by Classifier.save()."
+        )
+    path = d / MODEL_JSON
+    if not path.is_file():
+        raise ModelFormatError(
+            f"'{d}' has no {MODEL_JSON}; it is not a bmcd model directory. Save one with "
+            f"Classifier.save(dir) or `bmcd train`."
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"'{path}' is not valid JSON: {exc}.") from exc
+    return validate_model_json(meta, source=str(path))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_model_json(model_dir: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Validate ``meta`` and write it atomically to ``model_dir/bmcd.json``."""
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    validate_model_json(meta, source=str(d / MODEL_JSON))
+    text = json.dumps(meta, indent=2, sort_keys=False, default=_json_default) + "\n"
+    atomic_write_bytes(d / MODEL_JSON, text.encode("utf-8"))
+    return d / MODEL_JSON
+
+
+def update_model_json(model_dir: str | os.PathLike, section: str, key: str, value: Any) -> dict:
+    """Set ``meta[section][key] = value`` in an existing model directory and rewrite it."""
+    meta = read_model_json(model_dir)
+    meta.setdefault(section, {})[key] = value
+    write_model_json(model_dir, meta)
+    return meta
+
+
+def onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """The ``metadata_props`` to embed in an ONNX file (key :data:`ONNX_METADATA_KEY`)."""
+    sub = {k: meta[k] for k in _ONNX_KEYS}
+    return {ONNX_METADATA_KEY: json.dumps(sub, sort_keys=True, default=_json_default)}
+
+
+def parse_onnx_metadata(props: dict[str, str], source: str = "<onnx>") -> dict[str, Any]:
+    """Inverse of :func:`onnx_metadata`: validate and return the embedded document."""
+    if ONNX_METADATA_KEY not in props:
+        raise ModelFormatError(
+            f"{source}: the ONNX file has no '{ONNX_METADATA_KEY}' metadata, so its "
+            f"preprocessing and classes are unknown. Export it with `bmcd export` (or "
+            f"bmcd.exporters.export_onnx), or load it from its model directory."
+        )
+    try:
+        meta = json.loads(props[ONNX_METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelFormatError(f"{source}: '{ONNX_METADATA_KEY}' metadata is not JSON: {exc}.") from exc
+    return validate_model_json(meta, source=source)
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars / arrays and paths in history or metrics
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
