@@ -56,7 +56,17 @@ __all__ = [
     "preprocess",
     "preprocess_batch",
     "read_image",
-    *_LAZY,
+    "Classifier",
+    "EvaluationReport",
+    "Dataset",
+    "load_dataset",
+    "split_by_subject",
+    "split_random",
+    "parse_subject",
+    "make_cells",
+    "score",
+    "export_onnx",
+    "quantize_int8",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import cv2
 import numpy as np
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: What :func:`preprocess` accepts: a path, encoded bytes, or an (H, W[, C]) array.
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
 
 _INTERPOLATIONS = {
     "area": cv2.INTER_AREA,
