@@ -35,6 +35,7 @@ __all__ = [
     "crop_to_cell",
     "pad_to_square",
     "resize",
+    "resize_to_square",
     "preprocess",
     "preprocess_with_info",
     "preprocess_batch",
@@ -234,6 +235,16 @@ def read_image(source: str | os.PathLike | bytes | bytearray | memoryview) -> np
     ImageReadError
         The path is missing, is a directory, is empty, or does not decode as an image.
     """
+    image, is_bgr = _decode(source)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if is_bgr else image
+
+
+def _decode(source: str | os.PathLike | bytes | bytearray | memoryview) -> tuple[np.ndarray, bool]:
+    """Decode to uint8 (H, W, 3); returns ``(image, is_bgr)``.
+
+    8-bit colour images stay in OpenCV's BGR order (``is_bgr=True``) so the hot path can
+    convert only the small resized result; everything else is normalised to RGB here.
+    """
     name = _describe(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -272,18 +283,21 @@ def read_image(source: str | os.PathLike | bytes | bytearray | memoryview) -> np
             f"file is truncated, corrupt or not an image.",
             path=name if not name.startswith("<") else None,
         )
-    return to_rgb_uint8(decoded, bgr=True, source=name)
+    if decoded.dtype == np.uint8 and decoded.ndim == 3 and decoded.shape[2] == 3:
+        return decoded, True
+    return to_rgb_uint8(decoded, bgr=True, source=name), False
 
 
 def find_cell_bbox(image: np.ndarray, threshold: int = 10) -> tuple[int, int, int, int] | None:
     """Bounding box ``(x, y, w, h)`` of the largest external foreground contour.
 
-    Foreground is ``gray > threshold``. Returns None when there is no foreground.
-    The largest contour is chosen by area (ties by bounding-box area), not whichever
-    contour OpenCV happens to list first, so specks of debris do not win.
+    Foreground is ``gray > threshold``; ``image`` is RGB (H, W, 3) or already gray
+    (H, W). Returns None when there is no foreground. The largest contour is chosen by
+    area (ties by bounding-box area), not whichever contour OpenCV happens to list
+    first, so specks of debris do not win.
     """
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
-    mask = (gray > threshold).astype(np.uint8)
+    _, mask = cv2.threshold(gray, threshold, 1, cv2.THRESH_BINARY)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return None
@@ -358,24 +372,72 @@ def resize(image: np.ndarray, size: int, interpolation: str = "area") -> np.ndar
     return cv2.resize(image, (size, size), interpolation=flag)
 
 
-def _load(item: ImageInput) -> np.ndarray:
+def resize_to_square(
+    image: np.ndarray, size: int, interpolation: str = "area", out: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`pad_to_square` followed by :func:`resize`, computed the fast way round.
+
+    The image is resized so its longer side is ``size`` (keeping the aspect ratio) and
+    then centred on a black ``size x size`` canvas. This equals padding first and resizing
+    second up to interpolation at the one-pixel seam between cell crop and padding, and it
+    never builds the large padded copy (about 2x faster on 450 px C-NMC crops).
+
+    Parameters
+    ----------
+    out : ndarray, optional
+        A uint8 ``(size, size, C)`` canvas to draw into (it is zeroed first).
+    """
+    h, w = image.shape[:2]
+    side = max(h, w)
+    nh = max(1, min(size, round(h * size / side)))
+    nw = max(1, min(size, round(w * size / side)))
+    canvas = out if out is not None else np.empty((size, size) + image.shape[2:], np.uint8)
+    canvas[...] = 0
+    top, left = (size - nh) // 2, (size - nw) // 2
+    flag = _INTERPOLATIONS[interpolation]
+    if flag == cv2.INTER_AREA and side < size:
+        flag = cv2.INTER_LINEAR
+    if (nh, nw) == (h, w):
+        canvas[top : top + nh, left : left + nw] = image
+    else:
+        canvas[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=flag)
+    return canvas
+
+
+def _load(item: ImageInput) -> tuple[np.ndarray, bool]:
     if isinstance(item, np.ndarray):
-        return to_rgb_uint8(item, bgr=False)
-    return read_image(item)
+        return to_rgb_uint8(item, bgr=False), False
+    return _decode(item)
 
 
 def preprocess_with_info(
-    item: ImageInput, config: PreprocessConfig | None = None
+    item: ImageInput, config: PreprocessConfig | None = None, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, PreprocessInfo]:
-    """Like :func:`preprocess`, also returning a :class:`PreprocessInfo`."""
+    """Like :func:`preprocess`, also returning a :class:`PreprocessInfo`.
+
+    Parameters
+    ----------
+    out : ndarray, optional
+        A float32 ``(S, S, 3)`` array to write the result into (e.g. a row of a batch),
+        avoiding one allocation per image.
+    """
     config = config or PreprocessConfig()
-    image = _load(item)
+    image, is_bgr = _load(item)
     H, W = image.shape[:2]
-    bbox = find_cell_bbox(image, config.threshold)
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if is_bgr else cv2.COLOR_RGB2GRAY)
+    bbox = find_cell_bbox(gray, config.threshold)
     x, y, w, h = (0, 0, W, H) if bbox is None else _crop_box(image.shape, bbox, config.margin)
-    square = pad_to_square(image[y : y + h, x : x + w])
-    arr = resize(square, config.image_size, config.interpolation).astype(np.float32)
-    return arr, PreprocessInfo(found_cell=bbox is not None, bbox=(x, y, w, h), original_shape=(H, W))
+    square = resize_to_square(image[y : y + h, x : x + w], config.image_size, config.interpolation)
+    if is_bgr:
+        cv2.cvtColor(square, cv2.COLOR_BGR2RGB, dst=square)
+    S = config.image_size
+    if out is None:
+        out = np.empty((S, S, 3), dtype=np.float32)
+    elif out.shape != (S, S, 3) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {(S, S, 3)}, received {out.dtype} {out.shape}.")
+    np.copyto(out, square, casting="unsafe")
+    info = PreprocessInfo(found_cell=bbox is not None, bbox=(x, y, w, h), original_shape=(H, W))
+    return out, info
 
 
 def preprocess(item: ImageInput, config: PreprocessConfig | None = None) -> np.ndarray:
@@ -439,7 +501,7 @@ def preprocess_batch(
         raise ValueError(f"workers must be >= 1, received {workers}.")
 
     def work(i: int) -> None:
-        out[i] = preprocess(items[i], config)
+        preprocess_with_info(items[i], config, out=out[i])
 
     if workers == 1 or len(items) <= 1:
         for i in range(len(items)):
