@@ -311,7 +311,9 @@ def roc_auc(y_true: Any, p: Any) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def precision_recall_f1(y_true: Any, y_pred: Any, pos_label: int | str = 1) -> tuple[float, float, float]:
+def precision_recall_f1(
+    y_true: Any, y_pred: Any, pos_label: int | str = 1
+) -> tuple[float, float, float]:
     """Precision, recall and F1 of one class.
 
     Parameters
@@ -333,7 +335,9 @@ def precision_recall_f1(y_true: Any, y_pred: Any, pos_label: int | str = 1) -> t
     """
     if isinstance(pos_label, str):
         if pos_label not in CLASSES:
-            raise ValueError(f"pos_label must be one of {list(CLASSES)} or 0/1; received {pos_label!r}.")
+            raise ValueError(
+                f"pos_label must be one of {list(CLASSES)} or 0/1; received {pos_label!r}."
+            )
         k = CLASSES.index(pos_label)
     else:
         if pos_label not in (0, 1):
