@@ -46,3 +46,16 @@ def synthetic_small(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic_small")
     make_cells(out, n_per_class=40, n_subjects=8, image_size=450, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_model_dir(tmp_path_factory) -> Path:
+    """A tiny REAL ONNX bmcd model directory (model.onnx + bmcd.json), no training.
+
+    Input ``image`` float32 (N, 32, 32, 3), output ``p_all`` (N, 1) =
+    sigmoid(0.08 * mean(image) - 8); bmcd metadata embedded. See tests/_tiny_models.py.
+    """
+    pytest.importorskip("onnx")
+    from _tiny_models import build_tiny_onnx_model
+
+    return build_tiny_onnx_model(tmp_path_factory.mktemp("tiny_onnx_model"))

@@ -49,9 +49,189 @@ def _command(fn: _Adder) -> _Adder:
 # commands: score
 # ---------------------------------------------------------------------------------------
 
+
+def _positive_int_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {value}")
+    return value
+
+
+@_command
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score many images with an exported ONNX model, streaming rows to a CSV",
+        description=(
+            "Score image files with an exported ONNX model. Writes one CSV row per input "
+            "(path,p_all,label,threshold,error), flushed chunk by chunk; unreadable files get "
+            "an error row and the run goes on. Exit status: 0 all scored, 3 some rows carry "
+            "errors, 1 fatal error."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory or bare .onnx file")
+    p.add_argument(
+        "inputs",
+        metavar="INPUT",
+        nargs="+",
+        help="folders (recursive), image files, quoted glob patterns, CSV manifests "
+        "(column path/file/filename/new_names)",
+    )
+    p.add_argument("--out", "-o", required=True, metavar="FILE", help="output CSV file")
+    p.add_argument("--int8", action="store_true", help="run model.int8.onnx")
+    p.add_argument(
+        "--batch-size", type=_positive_int_arg, default=64, metavar="N",
+        help="files per chunk (default 64)",
+    )
+    p.add_argument(
+        "--workers", type=_positive_int_arg, default=None, metavar="N",
+        help="local: preprocessing threads; dask without --scheduler: local worker "
+        "processes (default: CPU count)",
+    )
+    p.add_argument(
+        "--threads", type=_positive_int_arg, default=None, metavar="N",
+        help="ONNX Runtime intra-op threads per session (default: local CPU count; dask: "
+        "cores / Dask threads per host)",
+    )
+    p.add_argument("--resume", action="store_true", help="skip files already in --out")
+    p.add_argument(
+        "--engine", choices=["local", "dask"], default=None,
+        help="local (default) or dask (needs bmcd[scale]; implied by --scheduler)",
+    )
+    p.add_argument(
+        "--scheduler", metavar="ADDR", default=None,
+        help="Dask scheduler address, e.g. tcp://host:8786 (default: a local cluster)",
+    )
+    p.add_argument(
+        "--partition-size", type=_positive_int_arg, default=1024, metavar="N",
+        help="dask: files per task (default 1024)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from .scoring import score
+
+    engine = args.engine or ("dask" if args.scheduler else "local")
+    if args.scheduler and engine != "dask":
+        raise BmcdError("--scheduler needs --engine dask (or leave out --engine).")
+    summary = score(
+        args.model,
+        args.inputs,
+        args.out,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        resume=args.resume,
+        precision="int8" if args.int8 else "fp32",
+        engine=engine,
+        scheduler=args.scheduler,
+        partition_size=args.partition_size,
+        intra_op_threads=args.threads,
+        progress=not args.no_progress,
+    )
+    print(summary)
+    if summary.exit_status:
+        n = summary.n_errors + summary.n_previous_errors
+        print(
+            f"bmcd score: {n} file(s) could not be scored; see the 'error' column of "
+            f"{summary.out}",
+            file=sys.stderr,
+        )
+        return EXIT_PARTIAL
+    return EXIT_OK
+
 # ---------------------------------------------------------------------------------------
 # commands: bench
 # ---------------------------------------------------------------------------------------
+
+
+@_command
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="compare Keras, tf.function and ONNX Runtime fp32/int8 throughput side by side",
+        description=(
+            "Time Keras predict, a compiled tf.function, ONNX Runtime fp32 and ONNX Runtime "
+            "int8 on the same fresh inputs in one process (warm-up first, parity checked "
+            "beside every timing), then bmcd score end to end over files on disk. Prints a "
+            "table (images/s, ms/image at batch 1, ratio to Keras predict) and the machine. "
+            "Without --model, random-weight models are built, exported and quantized once "
+            "and cached: throughput does not depend on the values of the weights."
+        ),
+    )
+    p.add_argument(
+        "--arch", nargs="+", default=["mobilenet_v2", "resnet50"],
+        choices=["mobilenet_v2", "resnet50"], help="architectures (default: both)",
+    )  # fmt: skip
+    p.add_argument("--image-size", type=int, default=224, help="input side in pixels (224)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (32); batch 1 too")
+    p.add_argument(
+        "--seconds", type=float, default=3.0,
+        help="time per backend and batch size (3; at least 3 timed calls each)",
+    )  # fmt: skip
+    p.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end score rows")
+    p.add_argument(
+        "--n-files", type=int, default=2000, help="files scored end to end (2000)"
+    )
+    p.add_argument(
+        "--no-dask", action="store_true",
+        help="skip the Dask local-cluster row (default: run it when dask is installed)",
+    )  # fmt: skip
+    p.add_argument(
+        "--images", metavar="DIR",
+        help="images to benchmark on, e.g. real C-NMC BMPs (default: synthetic cells)",
+    )  # fmt: skip
+    p.add_argument(
+        "--model", metavar="DIR",
+        help="benchmark this model directory instead of random-weight models",
+    )  # fmt: skip
+    p.add_argument(
+        "--cache-dir", metavar="DIR",
+        help="where benchmark models and files are kept (default ~/.cache/bmcd/bench)",
+    )  # fmt: skip
+    p.add_argument("--rebuild", action="store_true", help="rebuild the cached benchmark models")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from . import bench
+
+    for name in ("image_size", "batch_size", "n_files"):
+        if getattr(args, name) < 1:
+            raise BmcdError(
+                f"--{name.replace('_', '-')} must be a positive integer, received "
+                f"{getattr(args, name)}."
+            )
+    if args.seconds <= 0:
+        raise BmcdError(f"--seconds must be positive, received {args.seconds}.")
+    report = bench.run_bench(
+        archs=args.arch,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        seconds=args.seconds,
+        e2e=not args.no_e2e,
+        n_files=args.n_files,
+        dask=False if args.no_dask else None,
+        images=args.images,
+        model=args.model,
+        cache_dir=args.cache_dir,
+        rebuild=args.rebuild,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
+    print(bench.format_report(report))
+    if args.json:
+        from .artifact import atomic_write_bytes
+
+        atomic_write_bytes(args.json, json.dumps(report, indent=2).encode() + b"\n")
+        print(f"report written to {args.json}")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

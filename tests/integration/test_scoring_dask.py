@@ -1,0 +1,202 @@
+"""The Dask engine: parity with the local engine, lost workers, unreachable schedulers."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _tiny_models import write_bad_files, write_cell_images
+
+distributed = pytest.importorskip("distributed")
+
+from bmcd.cli import EXIT_PARTIAL, main  # noqa: E402
+from bmcd.errors import SchedulerUnavailableError  # noqa: E402
+from bmcd.scoring import OUTPUT_COLUMNS, score  # noqa: E402
+
+pytestmark = pytest.mark.dask
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == OUTPUT_COLUMNS
+        return list(reader)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """LocalCluster(n_workers=2, processes=True) shared by this module's tests."""
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        silence_logs=50,
+    ) as cl, distributed.Client(cl, set_as_default=False) as client:
+        yield cl, client
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """240 synthetic cells (160 px BMP) with a truncated, an empty and a non-image file."""
+    root = tmp_path_factory.mktemp("dask_imgs")
+    good = write_cell_images(root / "cells", 240, size=160, seed=7)
+    write_bad_files(root / "cells", good[0])  # same folder: errors interleave with good rows
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_result(tiny_onnx_model_dir, image_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "local.csv"
+    s = score(tiny_onnx_model_dir, image_dir, out, batch_size=16, progress=False)
+    assert s.n_errors == 3
+    return out
+
+
+def wait_for_workers(client, n=2, timeout=60):
+    client.wait_for_workers(n, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while len(client.nthreads()) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def assert_same_rows(got: Path, expected: Path) -> None:
+    a, b = read_rows(got), read_rows(expected)
+    assert [r["path"] for r in a] == [r["path"] for r in b]  # same rows, same order
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["label"] == rb["label"] and ra["error"] == rb["error"]
+        assert ra["threshold"] == rb["threshold"]
+        if rb["p_all"]:
+            assert abs(float(ra["p_all"]) - float(rb["p_all"])) <= 1e-6
+        else:
+            assert ra["p_all"] == ""
+
+
+def test_dask_matches_local_engine(cluster, tiny_onnx_model_dir, image_dir, local_result, tmp_path):
+    _, client = cluster
+    wait_for_workers(client)
+    out = tmp_path / "dask.csv"
+    s = score(
+        tiny_onnx_model_dir, image_dir, out, engine="dask", scheduler=client.scheduler.address,
+        partition_size=25, batch_size=8, progress=False,
+    )
+    assert (s.n_total, s.n_scored, s.n_errors, s.engine) == (243, 240, 3, "dask")
+    assert s.extra["partitions"] == 10 and s.extra["n_workers"] == 2
+    assert s.extra["threads_per_host"] == {socket.gethostname(): max(1, os.cpu_count() // 2)}
+    assert_same_rows(out, local_result)
+    # a connected Client works too, and is left open
+    out2 = tmp_path / "dask2.csv"
+    score(tiny_onnx_model_dir, image_dir, out2, engine="dask", scheduler=client,
+          partition_size=100, progress=False)
+    assert_same_rows(out2, local_result)
+    assert client.status == "running"
+
+
+def test_model_loaded_once_per_worker(cluster, tiny_onnx_model_dir, image_dir, tmp_path):
+    _, client = cluster
+    wait_for_workers(client)
+    model = tmp_path / "model-copy"  # a new path: a new cache entry on every worker
+    shutil.copytree(tiny_onnx_model_dir, model)
+
+    def sessions():
+        from bmcd.runtimes.onnx import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend.sessions_created
+
+    before = client.run(sessions)
+    s = score(model, image_dir, tmp_path / "o.csv", engine="dask",
+              scheduler=client.scheduler.address, partition_size=10, progress=False)
+    after = client.run(sessions)
+    created = {w: after[w] - before.get(w, 0) for w in after}
+    assert s.extra["partitions"] == 25 > len(after)  # many more partitions than workers
+    assert all(n <= 1 for n in created.values()), created  # once per worker, not per task
+    assert 1 <= sum(created.values()) <= len(after)
+    # a second run reuses the cached sessions: nothing new is loaded
+    score(model, image_dir, tmp_path / "o2.csv", engine="dask",
+          scheduler=client.scheduler.address, partition_size=10, progress=False)
+    assert client.run(sessions) == after
+
+
+class KillWorkerOnce(distributed.WorkerPlugin):
+    """SIGKILL the worker process when it starts its first bmcd partition (once per test)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "executing" and "bmcd-score" in str(key) and not os.path.exists(self.marker):
+            Path(self.marker).write_text(f"{os.getpid()} {key}")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_worker_killed_part_way_still_one_row_per_input(
+    cluster, tiny_onnx_model_dir, image_dir, local_result, tmp_path
+):
+    import cloudpickle
+
+    _, client = cluster
+    wait_for_workers(client)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    marker = tmp_path / "killed.marker"
+    pids_before = set(client.run(os.getpid).values())
+    client.register_plugin(KillWorkerOnce(str(marker)), name="kill-once")
+    try:
+        out = tmp_path / "o.csv"
+        s = score(tiny_onnx_model_dir, image_dir, out, engine="dask",
+                  scheduler=client.scheduler.address, partition_size=20, progress=False)
+    finally:
+        client.unregister_worker_plugin("kill-once")
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert marker.exists(), "no worker was killed"
+    killed_pid = int(marker.read_text().split()[0])
+    assert killed_pid in pids_before
+    assert s.n_scored + s.n_errors == 243
+    assert_same_rows(out, local_result)  # exactly one row per input, in input order
+    wait_for_workers(client)  # the nanny restarts the killed worker
+    assert killed_pid not in set(client.run(os.getpid).values())
+
+
+def test_resume_with_dask_matches_a_clean_run(
+    cluster, tiny_onnx_model_dir, image_dir, local_result, tmp_path
+):
+    _, client = cluster
+    wait_for_workers(client)
+    lines = local_result.read_text().splitlines(keepends=True)
+    out = tmp_path / "part.csv"
+    out.write_text("".join(lines[:101]) + lines[101][:10])  # 100 rows + a torn one
+    s = score(tiny_onnx_model_dir, image_dir, out, engine="dask", resume=True,
+              scheduler=client.scheduler.address, partition_size=30, progress=False)
+    assert (s.n_skipped, s.n_scored + s.n_errors) == (100, 143)
+    assert_same_rows(out, local_result)
+
+
+def test_unreachable_scheduler_fails_fast(tiny_onnx_model_dir, image_dir, tmp_path):
+    with socket.socket() as sock:  # a free port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(SchedulerUnavailableError, match=rf"127\.0\.0\.1:{port}.*dask scheduler"):
+        score(tiny_onnx_model_dir, image_dir, tmp_path / "o.csv", engine="dask",
+              scheduler=f"tcp://127.0.0.1:{port}", connect_timeout=3, progress=False)
+    assert time.monotonic() - t0 < 10
+    assert not (tmp_path / "o.csv").exists()  # nothing written: a rerun needs no --resume
+
+
+def test_cli_dask_engine_with_its_own_local_cluster(
+    tiny_onnx_model_dir, image_dir, local_result, tmp_path, capsys
+):
+    """No --scheduler: a LocalCluster sized by --workers is started and closed."""
+    out = tmp_path / "o.csv"
+    rc = main(["score", str(tiny_onnx_model_dir), str(image_dir), "--out", str(out),
+               "--engine", "dask", "--workers", "2", "--partition-size", "64", "--no-progress"])
+    assert rc == EXIT_PARTIAL
+    assert "engine dask" in capsys.readouterr().out
+    assert_same_rows(out, local_result)
+    p = np.array([float(r["p_all"]) for r in read_rows(out) if r["p_all"]])
+    assert ((p >= 0) & (p <= 1)).all()
