@@ -93,8 +93,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--threads", type=_positive_int_arg, default=None, metavar="N",
-        help="ONNX Runtime intra-op threads per session (default: local CPU count; dask: "
-        "cores / Dask threads per host)",
+        help="ONNX Runtime intra-op threads per session (default: local: CPU count - 1; "
+        "dask: cores / Dask threads per host)",
     )
     p.add_argument("--resume", action="store_true", help="skip files already in --out")
     p.add_argument(

@@ -107,6 +107,18 @@ def probe_worker(paths: list[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
+def _rows(paths: list[str], results: list[tuple[float | None, str | None]]) -> list:
+    """Rows for the sink; error messages name the path as given, like the local engine."""
+    rows = []
+    for path, (p, err) in zip(paths, results, strict=True):
+        if err is not None:
+            full = os.path.abspath(path)
+            if full != path:
+                err = err.replace(full, path)
+        rows.append((path, p, err))
+    return rows
+
+
 def _connect(distributed, scheduler: Any, workers: int | None, connect_timeout: float):
     """Return (client, cluster or None, whether we own the client)."""
     if isinstance(scheduler, distributed.Client):
@@ -268,9 +280,7 @@ def run_dask(
                 results[idx] = (part_paths, res)
                 while next_write in results:
                     done_paths, done_res = results.pop(next_write)
-                    sink.write_rows(
-                        [(p, pa, err) for p, (pa, err) in zip(done_paths, done_res, strict=True)]
-                    )
+                    sink.write_rows(_rows(done_paths, done_res))
                     n_images += len(done_paths)
                     next_write += 1
                 bar.update(1)

@@ -20,6 +20,7 @@ distributed = pytest.importorskip("distributed")
 
 from bmcd.cli import EXIT_PARTIAL, main  # noqa: E402
 from bmcd.errors import SchedulerUnavailableError  # noqa: E402
+from bmcd.preprocessing import default_workers  # noqa: E402
 from bmcd.scoring import OUTPUT_COLUMNS, score  # noqa: E402
 
 pytestmark = pytest.mark.dask
@@ -88,7 +89,7 @@ def test_dask_matches_local_engine(cluster, tiny_onnx_model_dir, image_dir, loca
     )
     assert (s.n_total, s.n_scored, s.n_errors, s.engine) == (243, 240, 3, "dask")
     assert s.extra["partitions"] == 10 and s.extra["n_workers"] == 2
-    assert s.extra["threads_per_host"] == {socket.gethostname(): max(1, os.cpu_count() // 2)}
+    assert s.extra["threads_per_host"] == {socket.gethostname(): max(1, default_workers() // 2)}
     assert_same_rows(out, local_result)
     # a connected Client works too, and is left open
     out2 = tmp_path / "dask2.csv"
@@ -189,14 +190,24 @@ def test_unreachable_scheduler_fails_fast(tiny_onnx_model_dir, image_dir, tmp_pa
 
 
 def test_cli_dask_engine_with_its_own_local_cluster(
-    tiny_onnx_model_dir, image_dir, local_result, tmp_path, capsys
+    tiny_onnx_model_dir, image_dir, tmp_path, capsys, monkeypatch
 ):
-    """No --scheduler: a LocalCluster sized by --workers is started and closed."""
+    """No --scheduler: a LocalCluster sized by --workers is started and closed.
+
+    Relative inputs: workers get absolute paths, but the output (paths and error messages)
+    is the same as the local engine's.
+    """
+    monkeypatch.chdir(image_dir)
+    local = tmp_path / "local.csv"
+    assert main(["score", str(tiny_onnx_model_dir), "cells", "--out", str(local)]) == EXIT_PARTIAL
     out = tmp_path / "o.csv"
-    rc = main(["score", str(tiny_onnx_model_dir), str(image_dir), "--out", str(out),
+    rc = main(["score", str(tiny_onnx_model_dir), "cells", "--out", str(out),
                "--engine", "dask", "--workers", "2", "--partition-size", "64", "--no-progress"])
     assert rc == EXIT_PARTIAL
     assert "engine dask" in capsys.readouterr().out
-    assert_same_rows(out, local_result)
-    p = np.array([float(r["p_all"]) for r in read_rows(out) if r["p_all"]])
+    assert_same_rows(out, local)
+    rows = read_rows(out)
+    assert all(not os.path.isabs(r["path"]) for r in rows)
+    assert sum(bool(r["error"]) for r in rows) == 3
+    p = np.array([float(r["p_all"]) for r in rows if r["p_all"]])
     assert ((p >= 0) & (p <= 1)).all()
