@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,13 +125,16 @@ def _connect(distributed, scheduler: Any, workers: int | None, connect_timeout: 
     if isinstance(scheduler, distributed.Client):
         return scheduler, None, False
     if scheduler is None:
-        cluster = distributed.LocalCluster(
-            n_workers=workers or default_workers(),
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
+        with warnings.catch_warnings():
+            # the scheduler's HTTP endpoint falls back to a free port when 8787 is taken
+            warnings.filterwarnings("ignore", message="Port 8787 is already in use")
+            cluster = distributed.LocalCluster(
+                n_workers=workers or default_workers(),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
         try:
             client = distributed.Client(cluster, set_as_default=False)
         except BaseException:

@@ -260,3 +260,16 @@ def test_preflight_names_an_unreadable_path_and_plans_threads():
         _preflight(FakeClient({"tcp://a:1": ok, "tcp://b:1": blind}, {}), ["/data/x.bmp"])
     probe = probe_worker([__file__, "/definitely/not/here.bmp"])
     assert probe["unreadable"] == [("/definitely/not/here.bmp", "FileNotFoundError: No such file or directory")]
+
+
+def test_score_accepts_a_classifier_loaded_with_the_onnx_backend(
+    tiny_onnx_model_dir, small_images, tmp_path
+):
+    classifier = pytest.importorskip("bmcd.classifier")
+    clf = classifier.Classifier.load(tiny_onnx_model_dir, backend="onnx")
+    out = tmp_path / "o.csv"
+    s = score(clf, small_images, out, batch_size=5, progress=False)
+    assert (s.n_scored, s.n_errors) == (12, 0)
+    x = preprocess_batch(small_images, PreprocessConfig(image_size=32))
+    p = [float(line.split(",")[1]) for line in out.read_text().splitlines()[1:]]
+    np.testing.assert_allclose(p, clf.predict_proba(x)[:, 1], atol=1e-6)
