@@ -37,6 +37,178 @@ def _command(fn: _Adder) -> _Adder:
 # commands: data (synth, info, preprocess)
 # ---------------------------------------------------------------------------------------
 
+
+@_command
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write a SYNTHETIC C-NMC-like dataset (for demos and tests)",
+        description=(
+            "Write synthetic single-cell images (drawn, not patient data) into "
+            "OUT/{all,hem}/ with C-NMC file names UID_<subject>_<image>_<cell>_<all|hem>.bmp."
+        ),
+    )
+    p.add_argument("out", metavar="OUT", help="output folder (created if needed)")
+    p.add_argument("--per-class", type=int, required=True, metavar="N",
+                   help="images per class")
+    p.add_argument("--subjects", type=int, required=True, metavar="K",
+                   help="total number of subjects, split evenly between the classes")
+    p.add_argument("--image-size", type=int, default=450, metavar="S",
+                   help="image side in pixels (default: 450, as in C-NMC)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synthetic import make_cells, subject_ids
+
+    try:
+        all_ids, hem_ids = subject_ids(args.subjects)
+        files = make_cells(args.out, n_per_class=args.per_class, n_subjects=args.subjects,
+                           image_size=args.image_size, seed=args.seed)
+    except ValueError as exc:
+        raise BmcdError(str(exc)) from exc
+    print(
+        f"Wrote {len(files)} SYNTHETIC images ({args.per_class} per class, "
+        f"{args.image_size}x{args.image_size}) to {args.out}/{{all,hem}}/\n"
+        f"  subjects: {len(all_ids)} leukemic ({', '.join(all_ids)}), "
+        f"{len(hem_ids)} normal ({', '.join(hem_ids)}); seed {args.seed}\n"
+        f"These are synthetic cells for demos and tests, not patient data."
+    )
+    return EXIT_OK
+
+
+@_command
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="describe a dataset: layout, counts per class and subject, fingerprint",
+        description=(
+            "Find the images in DATA (class folders, the Kaggle C-NMC folds, "
+            "training_set/validation_set/test_set folders, or a CSV manifest) and print "
+            "what was found."
+        ),
+    )
+    p.add_argument("data", metavar="DATA", help="dataset folder or CSV manifest")
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+
+    ds = load_dataset(args.data)
+    print(ds.summary(per_subject=True))
+    return EXIT_OK
+
+
+@_command
+def _add_preprocess(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "preprocess",
+        help="write cropped, square-padded, resized copies of images (PNG)",
+        description=(
+            "Run every image under IN (a folder, searched recursively, or a CSV manifest) "
+            "through bmcd's preprocessing (crop to the cell, pad to a square, resize) and "
+            "write PNGs under OUT with the same relative paths. Unreadable files are "
+            "reported and skipped (exit status 3)."
+        ),
+    )
+    p.add_argument("input", metavar="IN", help="image folder or CSV manifest")
+    p.add_argument("output", metavar="OUT", help="output folder")
+    p.add_argument("--image-size", type=int, default=224, metavar="S",
+                   help="output side in pixels (default: 224)")
+    p.add_argument("--threshold", type=int, default=10, metavar="T",
+                   help="foreground gray-level threshold (default: 10)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker threads (default: the CPU count)")
+    p.set_defaults(func=_cmd_preprocess)
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    import cv2
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .data import _scan_images, load_dataset
+    from .errors import DatasetError, ImageReadError
+    from .preprocessing import IMAGE_EXTENSIONS, PreprocessConfig, default_workers, preprocess
+
+    try:
+        config = PreprocessConfig(image_size=args.image_size, threshold=args.threshold)
+    except ValueError as exc:
+        raise BmcdError(str(exc)) from exc
+    src = Path(args.input)
+    out = Path(args.output)
+    manifest = None
+    if src.is_file():
+        ds = load_dataset(src)
+        sources = ds.absolute_paths()
+        rels = ds.relative_paths()
+        manifest = ds
+    elif src.is_dir():
+        sources = _scan_images(os.fspath(src))
+        rels = [os.path.relpath(p, src).replace(os.sep, "/") for p in sources]
+    else:
+        raise DatasetError(f"Input not found: '{src}'; expected an image folder or a CSV manifest.")
+    if not sources:
+        raise DatasetError(
+            f"No images found under '{src}' (looked for {', '.join(IMAGE_EXTENSIONS)})."
+        )
+    if out.resolve() == src.resolve():
+        raise DatasetError("OUT must differ from IN; preprocess never overwrites its input.")
+    targets = [out / (os.path.splitext(r)[0] + ".png") for r in rels]
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        raise BmcdError(f"--workers must be >= 1; received {workers}.")
+
+    def work(i: int) -> str | None:
+        try:
+            arr = preprocess(sources[i], config)
+            bgr = cv2.cvtColor(np.clip(np.rint(arr), 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+            ok, buf = cv2.imencode(".png", bgr)
+            if not ok:
+                return "PNG encoding failed"
+            targets[i].parent.mkdir(parents=True, exist_ok=True)
+            targets[i].write_bytes(buf.tobytes())
+        except (ImageReadError, OSError) as exc:
+            return str(exc)
+        return None
+
+    failures: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
+        total=len(sources), desc="preprocess", unit="img", disable=None
+    ) as bar:
+        for i, err in enumerate(pool.map(work, range(len(sources)))):
+            if err is not None:
+                failures.append((sources[i], err))
+            bar.update()
+    for path, err in failures:
+        print(f"bmcd preprocess: skipped {path}: {err}", file=sys.stderr)
+    written = len(sources) - len(failures)
+    if manifest is not None:
+        import csv
+
+        failed = {s for s, _ in failures}
+        with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label", "subject"])
+            for s, t, label, subject in zip(sources, targets, manifest.labels.tolist(),
+                                            manifest.subjects, strict=True):
+                if s not in failed:
+                    writer.writerow([t.relative_to(out).as_posix(), manifest.classes[label],
+                                     subject or ""])
+    print(
+        f"Wrote {written} of {len(sources)} images ({config.image_size}x{config.image_size} "
+        f"PNG) to {out}" + (f"; {len(failures)} failed (listed above)" if failures else "")
+        + (f"; manifest: {out / 'manifest.csv'}" if manifest is not None else "")
+    )
+    return EXIT_PARTIAL if failures else EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------
 # commands: model (train, evaluate, predict, demo)
 # ---------------------------------------------------------------------------------------
