@@ -351,6 +351,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "--n-files", type=int, default=2000, help="files scored end to end (2000)"
     )
     p.add_argument(
+        "--e2e-precision", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"],
+        help="precisions scored end to end with the local engine (default: both)",
+    )  # fmt: skip
+    p.add_argument(
         "--no-dask", action="store_true",
         help="skip the Dask local-cluster row (default: run it when dask is installed)",
     )  # fmt: skip
@@ -390,6 +394,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         e2e=not args.no_e2e,
         n_files=args.n_files,
+        e2e_precisions=args.e2e_precision,
         dask=False if args.no_dask else None,
         images=args.images,
         model=args.model,

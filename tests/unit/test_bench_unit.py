@@ -1,0 +1,270 @@
+"""bmcd.bench and `bmcd bench` at a tiny size (32 px), so the command runs in CI.
+
+The real benchmarks (224 px, random-weight ResNet50 / MobileNetV2) live in benchmarks/ and
+are not part of the test run. Here a tiny ONNX model (mean -> affine -> sigmoid) stands in,
+with an equivalent tiny Keras model for the Keras rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _tiny_models import build_tiny_onnx_model, tiny_model_expected, write_cell_images
+from bmcd import bench
+from bmcd.bench import (
+    BenchError,
+    Timing,
+    check_int8_sanity,
+    check_parity,
+    cpu_flags,
+    dihedral,
+    evaluate_targets,
+    format_report,
+    kernel_report,
+    make_input_batches,
+    time_calls,
+)
+from bmcd.cli import main
+
+S = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    pytest.importorskip("onnx")
+    return build_tiny_onnx_model(tmp_path_factory.mktemp("tiny"), image_size=S)
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cells")
+    write_cell_images(d, 6, size=96)
+    return d
+
+
+# ---------------------------------------------------------------------------------------
+# small pure pieces
+# ---------------------------------------------------------------------------------------
+
+
+def test_timing_statistics():
+    t = Timing("x", batch_size=8, times=[0.5, 0.1, 0.2, 0.3, 9.0])
+    assert t.rounds == 5
+    assert t.median == pytest.approx(0.3)
+    assert t.minimum == pytest.approx(0.1)
+    assert t.images_per_second == pytest.approx(8 / 0.3)
+    assert t.ms_per_image == pytest.approx(300 / 8)
+    assert Timing("empty", 1).images_per_second != Timing("empty", 1).images_per_second  # nan
+
+
+def test_time_calls_rotates_inputs_and_keeps_outputs():
+    seen = []
+    inputs = [np.full(2, i, np.float32) for i in range(3)]
+
+    def fn(x):
+        seen.append(float(x[0]))
+        return x * 2
+
+    timing, outputs = time_calls(fn, inputs, batch_size=2, seconds=0.0, min_rounds=5, warmup=2)
+    assert seen == [0, 1, 0, 1, 2, 0, 1]  # 2 warm-up calls, then 5 timed in rotation
+    assert timing.rounds == 5
+    assert sorted(outputs) == [0, 1, 2]
+    np.testing.assert_array_equal(outputs[2], [4, 4])
+    with pytest.raises(ValueError, match="at least one input"):
+        time_calls(fn, [], batch_size=1)
+
+
+def test_cpu_flags_and_kernel_report():
+    info = "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu sse4_2 avx2 fma avx512f avx512bw avx512_vnni amx_tile amx_int8\n"
+    flags = cpu_flags(info)
+    assert {"avx2", "avx512_vnni", "amx_int8"} <= flags
+    k = kernel_report(flags)
+    assert k["fp32"] == "AVX-512F"
+    assert k["int8"].startswith("AVX-512 VNNI") and "AMX" in k["int8"]
+    assert kernel_report({"avx2", "fma"}) == {
+        "fp32": "AVX2+FMA",
+        "int8": "AVX2 (no VNNI: multiply-add emulated)",
+    }
+    assert kernel_report({"avx2", "fma", "avx_vnni"})["int8"] == "AVX-VNNI"
+    assert cpu_flags("no flags here") == set()
+
+
+def test_machine_info_names_cpu_cores_and_ort():
+    m = bench.machine_info()
+    assert m["usable_cores"] >= 1 and m["cpu_model"]
+    assert m["onnxruntime"]
+    assert set(m["ort_kernels"]) == {"fp32", "int8"}
+    json.dumps(m)
+
+
+def test_dihedral_gives_eight_distinct_views():
+    img = np.arange(4 * 4 * 3, dtype=np.float32).reshape(4, 4, 3)
+    views = [dihedral(img, k) for k in range(8)]
+    assert len({v.tobytes() for v in views}) == 8
+    np.testing.assert_array_equal(views[0], img)
+
+
+def test_make_input_batches_are_distinct():
+    images = np.random.default_rng(0).random((3, 8, 8, 3)).astype(np.float32)
+    batches = make_input_batches(images, batch_size=4, n_batches=5)
+    assert len(batches) == 5 and all(b.shape == (4, 8, 8, 3) for b in batches)
+    # 3 images x 8 views = 24 distinct inputs, dealt out without repetition: 20 used
+    rows = {b[i].tobytes() for b in batches for i in range(4)}
+    assert len(rows) == 20
+    with pytest.raises(ValueError):
+        make_input_batches(np.empty((0, 8, 8, 3)), 2, 1)
+
+
+def test_parity_checks_catch_wrong_answers():
+    ref = np.array([0.1, 0.5, 0.9])
+    assert check_parity("ok", ref + 1e-6, ref, 1e-4) == pytest.approx(1e-6)
+    with pytest.raises(BenchError, match="max \\|dp\\|"):
+        check_parity("wrong", ref[::-1], ref, 1e-4)
+    with pytest.raises(BenchError, match="probabilities"):
+        check_parity("nan", np.array([np.nan, 0.5, 0.5]), ref, 1.0)
+    with pytest.raises(BenchError, match="outputs"):
+        check_parity("short", ref[:2], ref, 1.0)
+    refs = [np.linspace(0.1, 0.9, 8), np.linspace(0.9, 0.1, 8)]
+    assert check_int8_sanity("int8", [r + 0.01 for r in refs], refs) == pytest.approx(0.01)
+    near = [np.linspace(0.4, 0.6, 8), np.linspace(0.6, 0.4, 8)]
+    with pytest.raises(BenchError, match="correlate"):  # close, but constant
+        check_int8_sanity("const", [np.full(8, 0.5), np.full(8, 0.5)], near)
+
+
+def test_bench_inference_fails_a_fast_wrong_backend():
+    images = np.random.default_rng(1).random((4, 8, 8, 3)).astype(np.float32) * 255
+
+    def right(x):
+        return tiny_model_expected(x).astype(np.float32)
+
+    def wrong(x):
+        return np.full(len(x), 0.5, np.float32)
+
+    rows = bench.bench_inference(
+        {"keras_predict": right, "ort_fp32": right}, images, batch_sizes=(2,), seconds=0.0
+    )
+    assert [r["backend"] for r in rows] == ["keras_predict", "ort_fp32"]
+    assert rows[1]["ratio_to_reference"] > 0 and rows[1]["parity_max_abs_diff"] == 0
+    with pytest.raises(BenchError, match="ort_fp32 disagrees"):
+        bench.bench_inference(
+            {"keras_predict": right, "ort_fp32": wrong}, images, batch_sizes=(2,), seconds=0.0
+        )
+
+
+def test_evaluate_targets_and_format_report():
+    def row(arch, backend, bs, ips):
+        return {
+            "arch": arch, "backend": backend, "batch_size": bs, "images_per_second": ips,
+            "ms_per_image": 1000 / ips, "ratio_to_reference": None,
+            "parity_max_abs_diff": 0.0, "parity_against": "keras_predict",
+        }  # fmt: skip
+
+    report = {
+        "bmcd_version": "0",
+        "settings": {"image_size": 224, "batch_size": 32, "seconds": 1.0, "n_files": 10,
+                     "images": "x"},
+        "inference": [
+            row("resnet50", "keras_predict", 32, 10.0),
+            row("resnet50", "ort_fp32", 32, 25.0),
+            row("resnet50", "ort_int8", 32, 50.0),
+            row("mobilenet_v2", "ort_fp32", 1, 125.0),
+        ],
+        "end_to_end": [
+            {"arch": "mobilenet_v2", "precision": "int8", "engine": "local",
+             "images_per_second": 90.0, "seconds": 1.0, "ratio_to_model_only": 0.9},
+        ],
+    }  # fmt: skip
+    got = {t["what"]: (t["measured"], t["met"]) for t in evaluate_targets(report)}
+    assert got["ORT fp32 / keras predict @32 (resnet50)"] == (2.5, True)
+    assert got["ORT int8 / ORT fp32 @32 (resnet50)"] == (2.0, False)
+    assert got["ORT fp32 mobilenet_v2 @1, ms/image"] == (8.0, True)
+    assert got["score / model-only ORT, mobilenet_v2 int8"] == (0.9, True)
+    assert len(got) == 4  # nothing invented for what was not measured
+    report["targets"] = evaluate_targets(report)
+    text = format_report(report)
+    assert "ORT int8" in text and "MISSED" in text and "end to end" in text
+
+
+# ---------------------------------------------------------------------------------------
+# the whole command, tiny
+# ---------------------------------------------------------------------------------------
+
+
+def test_run_bench_with_an_onnx_only_model(tiny_dir, cells, tmp_path):
+    report = bench.run_bench(
+        model=tiny_dir,
+        seconds=0.05,
+        batch_size=4,
+        n_files=60,
+        dask=False,
+        images=cells,
+        cache_dir=tmp_path / "cache",
+    )
+    inf = report["inference"]
+    # no model.keras / model.int8.onnx: only the ORT fp32 rows, at batch 4 and 1
+    assert [(r["backend"], r["batch_size"]) for r in inf] == [("ort_fp32", 4), ("ort_fp32", 1)]
+    assert all(r["images_per_second"] > 0 and r["rounds"] >= 3 for r in inf)
+    (e2e,) = report["end_to_end"]
+    assert e2e["engine"] == "local" and e2e["precision"] == "fp32" and e2e["n_files"] == 60
+    assert e2e["parity_max_abs_diff"] <= bench.SCORE_PARITY_TOLERANCE
+    assert e2e["ratio_to_model_only"] > 0
+    files = sorted((tmp_path / "cache" / "files-60").glob("*.bmp"))
+    assert len(files) == 60 and sum(f.is_symlink() for f in files) == 60 - 8 * 6
+    json.dumps(report)
+
+
+@pytest.mark.train
+@pytest.mark.slow  # imports TensorFlow (shared with the other Keras tests in a session)
+def test_bench_command_with_keras_rows(tiny_dir, cells, tmp_path, capsys):
+    """Keras predict and tf.function rows against an equivalent tiny Keras model."""
+    pytest.importorskip("tensorflow")
+    import shutil
+
+    from bmcd.runtimes.keras import keras_module
+
+    keras = keras_module()
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_dir, model_dir)
+    # sigmoid(0.08 * mean(x) - 8), the tiny ONNX model, as a Keras graph
+    inp = keras.Input((S, S, 3), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D()(inp)
+    out = keras.layers.Dense(1, activation="sigmoid", name="p_all")(pooled)
+    model = keras.Model(inp, out)
+    model.get_layer("p_all").set_weights(
+        [np.full((3, 1), 0.08 / 3, np.float32), np.array([-8.0], np.float32)]
+    )
+    model.save(model_dir / "model.keras")
+
+    out_json = tmp_path / "bench.json"
+    status = main(
+        [
+            "bench", "--model", str(model_dir), "--seconds", "0.05", "--batch-size", "4",
+            "--n-files", "12", "--no-dask", "--images", str(cells),
+            "--cache-dir", str(tmp_path / "cache"), "--json", str(out_json),
+        ]
+    )  # fmt: skip
+    assert status == 0
+    text = capsys.readouterr().out
+    for label in ("keras predict", "tf.function", "ORT fp32", "machine:", "instruction sets"):
+        assert label in text
+    report = json.loads(out_json.read_text())
+    backends = [(r["backend"], r["batch_size"]) for r in report["inference"]]
+    assert backends == [
+        ("keras_predict", 4), ("tf_function", 4), ("ort_fp32", 4),
+        ("keras_predict", 1), ("tf_function", 1), ("ort_fp32", 1),
+    ]  # fmt: skip
+    for r in report["inference"]:
+        assert r["parity_max_abs_diff"] <= bench.PARITY_TOLERANCE[r["backend"]]
+    assert report["targets"][0]["what"].startswith("ORT fp32 / keras predict @4")
+
+
+def test_bench_command_rejects_bad_arguments(capsys):
+    assert main(["bench", "--seconds", "0"]) == 1
+    assert "--seconds must be positive" in capsys.readouterr().err
+    assert main(["bench", "--batch-size", "0"]) == 1
+    with pytest.raises(SystemExit):
+        main(["bench", "--arch", "vgg16"])
