@@ -59,3 +59,37 @@ def tiny_onnx_model_dir(tmp_path_factory) -> Path:
     from _tiny_models import build_tiny_onnx_model
 
     return build_tiny_onnx_model(tmp_path_factory.mktemp("tiny_onnx_model"))
+
+
+# --- classifier fixtures (shared by tests/unit/test_classifier_unit.py and
+# --- tests/integration/test_keras_training.py; trained once per session) ---------------
+
+#: The learnability settings of bmcd.synthetic (see tests/integration/
+#: test_synthetic_learnable.py): 300 cells per class, 12 subjects, 450 px, split by subject
+#: with seed 0; MobileNetV2 from scratch at 64 px.
+LEARNABLE = {"n_per_class": 300, "n_subjects": 12, "input_size": 64, "epochs": 8}
+
+
+@pytest.fixture(scope="session")
+def learnable_split(tmp_path_factory):
+    """SYNTHETIC cells with the learnability settings, split by subject (60/20/20, seed 0)."""
+    from bmcd.data import load_dataset, split_by_subject
+    from bmcd.synthetic import make_cells
+
+    out = tmp_path_factory.mktemp("learnable_cells")
+    make_cells(out, n_per_class=LEARNABLE["n_per_class"], n_subjects=LEARNABLE["n_subjects"],
+               seed=0, progress=False)
+    return split_by_subject(load_dataset(out), val=0.2, test=0.2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def fitted_mobilenet(learnable_split):
+    """MobileNetV2 trained from scratch (weights=None) at 64 px on ``learnable_split``."""
+    pytest.importorskip("tensorflow")
+    from bmcd import Classifier
+
+    clf = Classifier(arch="mobilenet_v2", image_size=LEARNABLE["input_size"], weights=None,
+                     seed=0)
+    clf.fit(learnable_split.train, validation=learnable_split.val,
+            epochs=LEARNABLE["epochs"], fine_tune_epochs=0, verbose=0, split=learnable_split)
+    return clf

@@ -1,0 +1,678 @@
+"""``Classifier``: one entry point for training, prediction, evaluation and the model directory.
+
+The estimator follows scikit-learn habits: ``__init__`` only stores its keyword
+arguments, :meth:`Classifier.fit` returns ``self``, learned state ends in ``_``
+(``classes_``, ``backend_``, ``history_``, ``meta_``, ``threshold_``) and
+:meth:`Classifier.predict_proba` returns ``(n, 2)`` columns ordered like
+``classes_ == ["hem", "all"]``. Labels come from thresholding p(all), never from an
+``argmax`` over a single sigmoid output.
+
+Training uses the Keras backend (``pip install 'bmcd[train]'``); a saved model can be
+served by any registered backend, e.g. ``Classifier.load(dir, backend="onnx")``, which
+never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .artifact import CLASSES, new_model_json, write_model_json
+from .errors import DatasetError, ModelFormatError, NotFittedError
+from .preprocessing import IMAGE_EXTENSIONS, PreprocessConfig, preprocess_batch
+
+__all__ = ["Classifier"]
+
+_DEFAULTS: dict[str, Any] = {
+    "arch": "mobilenet_v2",
+    "image_size": 224,
+    "weights": "imagenet",
+    "threshold": 0.5,
+    "preprocess": None,
+    "seed": 0,
+    "pooling": "avg",
+    "head_units": (),
+    "dropout": 0.2,
+}
+
+# images preprocessed (float32) at a time at prediction: bounds memory for large folders
+_PREDICT_CHUNK = 256
+
+
+def _is_scratch(weights: Any) -> bool:
+    return weights is None or (isinstance(weights, str) and weights.lower() == "none")
+
+
+def _as_dataset(data: Any, what: str):
+    """A labelled :class:`~bmcd.data.Dataset` from a Dataset, folder, CSV or (paths, labels)."""
+    from .data import Dataset, load_dataset
+
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, os.PathLike)) or (isinstance(data, tuple) and len(data) == 2):
+        return load_dataset(data)
+    raise DatasetError(
+        f"{what} must be a Dataset, a dataset folder / CSV manifest, or a (paths, labels) "
+        f"pair; received {type(data).__name__}."
+    )
+
+
+def _list_images(folder: Path) -> list[str]:
+    return sorted(
+        str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _resolve_inputs(X: Any) -> tuple[list[Any], list[str] | None]:
+    """Turn any accepted ``X`` into a list of items for ``preprocess`` (+ paths if known)."""
+    from .data import Dataset, load_dataset
+
+    if isinstance(X, Dataset):
+        paths = X.absolute_paths()
+        return paths, paths
+    if isinstance(X, (str, os.PathLike)):
+        p = Path(X)
+        if p.is_dir():
+            try:
+                paths = load_dataset(p).absolute_paths()
+            except DatasetError:
+                paths = _list_images(p)  # an unlabelled folder of images
+            if not paths:
+                raise DatasetError(
+                    f"No images found in '{p}' (looked for {', '.join(IMAGE_EXTENSIONS)})."
+                )
+            return paths, paths
+        return [os.fspath(p)], [os.fspath(p)]
+    if isinstance(X, (bytes, bytearray, memoryview)):
+        return [X], None
+    if isinstance(X, np.ndarray):
+        if X.ndim == 2 or (X.ndim == 3 and X.shape[-1] in (1, 3, 4)):
+            return [X], None  # one image, (H, W) or (H, W, C)
+        if X.ndim == 4:
+            return list(X), None  # a batch (n, H, W, C)
+        raise ValueError(
+            f"Expected one image of shape (H, W, 3) or a batch (n, H, W, 3); received an "
+            f"array of shape {X.shape}."
+        )
+    if isinstance(X, Sequence) or hasattr(X, "__iter__"):
+        items = list(X)
+        paths = [os.fspath(i) for i in items] if all(
+            isinstance(i, (str, os.PathLike)) for i in items
+        ) else None
+        return items, paths
+    raise TypeError(
+        f"Cannot predict on {type(X).__name__}; pass image paths, a folder, a Dataset, one "
+        f"RGB image array (H, W, 3) or a batch (n, H, W, 3)."
+    )
+
+
+class Classifier:
+    """Leukemic blast (``"all"``) vs normal cell (``"hem"``) classifier.
+
+    Parameters
+    ----------
+    arch : {"mobilenet_v2", "resnet50"}
+        Backbone architecture (``keras.applications``).
+    image_size : int
+        Side S of the square network input.
+    weights : "imagenet", None or path
+        Backbone initialisation. ``"imagenet"`` transfers ImageNet features (downloaded once
+        into the Keras cache; offline this raises
+        :class:`~bmcd.errors.WeightsUnavailableError`); ``None`` trains from scratch; a path
+        loads a local no-top weights file.
+    threshold : float
+        Decision threshold on p(all): ``p_all >= threshold`` is ``"all"``.
+    preprocess : PreprocessConfig, optional
+        The preprocessing path's parameters; default ``PreprocessConfig(image_size)``.
+        Its ``image_size`` must agree with ``image_size``.
+    seed : int
+        Seeds Python, numpy and Keras for weight initialisation, shuffling, balancing and
+        augmentation.
+    pooling : {"avg", "max", "flatten"}
+        How the backbone's feature map becomes a vector.
+    head_units : tuple of int
+        Hidden Dense(relu) layers between pooling and the output (default none).
+    dropout : float
+        Dropout before the output layer.
+
+    Attributes
+    ----------
+    classes_ : list of str
+        ``["hem", "all"]``; the column order of :meth:`predict_proba`.
+    backend_ : bmcd.runtimes.Backend
+        The inference backend (Keras after :meth:`fit`; any backend after :meth:`load`).
+    history_ : dict
+        Training curves per phase, ``{"phases": [{"name", "history"}]}``.
+    meta_ : dict
+        The ``bmcd.json`` document, with training provenance.
+    threshold_ : float
+        The threshold in use (starts as ``threshold``; see :meth:`tune_threshold`).
+
+    Examples
+    --------
+    >>> from bmcd import Classifier
+    >>> clf = Classifier(arch="mobilenet_v2", image_size=64, weights=None)
+    >>> clf
+    Classifier(image_size=64, weights=None)
+    >>> clf.fit("cells/train", validation="cells/val", epochs=4)     # doctest: +SKIP
+    >>> clf.predict(["UID_1_1_1_all.bmp"])                           # doctest: +SKIP
+    array(['all'], dtype='<U3')
+    >>> clf.evaluate("cells/test").to_markdown()                     # doctest: +SKIP
+    >>> clf.save("model")                                            # doctest: +SKIP
+    >>> Classifier.load("model", backend="onnx")                     # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        arch: str = "mobilenet_v2",
+        image_size: int = 224,
+        weights: str | os.PathLike | None = "imagenet",
+        threshold: float = 0.5,
+        preprocess: PreprocessConfig | None = None,
+        seed: int = 0,
+        pooling: str = "avg",
+        head_units: tuple[int, ...] = (),
+        dropout: float = 0.2,
+    ):
+        self.arch = arch
+        self.image_size = image_size
+        self.weights = weights
+        self.threshold = threshold
+        self.preprocess = preprocess
+        self.seed = seed
+        self.pooling = pooling
+        self.head_units = head_units
+        self.dropout = dropout
+
+    # ---------------------------------------------------------------- sklearn protocol
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments, as a dict."""
+        return {k: getattr(self, k) for k in _DEFAULTS}
+
+    def set_params(self, **params: Any) -> Classifier:
+        """Set constructor arguments; returns ``self``."""
+        for k, v in params.items():
+            if k not in _DEFAULTS:
+                raise ValueError(
+                    f"Invalid parameter {k!r} for Classifier; valid ones are {list(_DEFAULTS)}."
+                )
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        changed = []
+        for k, default in _DEFAULTS.items():
+            v = getattr(self, k)
+            same = (tuple(v) == tuple(default)) if k == "head_units" else (v == default)
+            if not same:
+                changed.append(f"{k}={v!r}")
+        return f"Classifier({', '.join(changed)})"
+
+    # ---------------------------------------------------------------- helpers
+    def _preprocess_config(self) -> PreprocessConfig:
+        if self.preprocess is None:
+            return PreprocessConfig(image_size=int(self.image_size))
+        if not isinstance(self.preprocess, PreprocessConfig):
+            raise TypeError(
+                f"preprocess must be a PreprocessConfig or None; received "
+                f"{type(self.preprocess).__name__}."
+            )
+        if self.preprocess.image_size != self.image_size:
+            raise ValueError(
+                f"image_size={self.image_size!r} disagrees with preprocess.image_size="
+                f"{self.preprocess.image_size}; pass the same size to both (or only one)."
+            )
+        return self.preprocess
+
+    def _check_params(self) -> PreprocessConfig:
+        from .runtimes.keras import ARCHITECTURES
+
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(
+                f"Unknown arch {self.arch!r}; expected one of {sorted(ARCHITECTURES)}."
+            )
+        if not isinstance(self.image_size, (int, np.integer)) or int(self.image_size) < 32:
+            raise ValueError(
+                f"image_size must be an int >= 32 (the smallest input keras.applications "
+                f"accepts); received {self.image_size!r}."
+            )
+        thr = self.threshold
+        if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not 0 <= thr <= 1:
+            raise ValueError(f"threshold must be a number in [0, 1]; received {thr!r}.")
+        return self._preprocess_config()
+
+    def _check_fitted(self, action: str) -> None:
+        if getattr(self, "backend_", None) is None:
+            raise NotFittedError(
+                f"This Classifier is not fitted yet, so it cannot {action}. Call "
+                f"fit(train_data) first, or load a trained model with "
+                f"Classifier.load(model_dir)."
+            )
+
+    def _config(self) -> PreprocessConfig:
+        return PreprocessConfig.from_dict(self.meta_["preprocess"])
+
+    def _p_all(self, X: Any, batch_size: int = 32, progress: bool | None = None) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        items, _ = _resolve_inputs(X)
+        config = self._config()
+        out = np.empty(len(items), dtype=np.float64)
+        chunk = max(int(batch_size), _PREDICT_CHUNK)
+        with tqdm(total=len(items), desc="predict", unit="img",
+                  disable=True if len(items) <= chunk else progress) as bar:
+            for start in range(0, len(items), chunk):
+                x = preprocess_batch(items[start : start + chunk], config)
+                out[start : start + len(x)] = self.backend_.predict_batch(x)
+                bar.update(len(x))
+        return out
+
+    # ---------------------------------------------------------------- training
+    def fit(
+        self,
+        train: Any,
+        validation: Any = None,
+        epochs: int = 5,
+        fine_tune_epochs: int = 5,
+        fine_tune_from: str | int | None = None,
+        batch_size: int = 32,
+        learning_rate: float = 1e-3,
+        fine_tune_learning_rate: float = 1e-5,
+        balance: str | None = "augment",
+        augment: bool = True,
+        early_stopping_patience: int | None = 5,
+        checkpoint_dir: str | os.PathLike | None = None,
+        verbose: int = 1,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        split: Any = None,
+        jit_compile: bool | str = False,
+    ) -> Classifier:
+        """Train the network; returns ``self``.
+
+        Parameters
+        ----------
+        train : Dataset, path or (paths, labels)
+            Training data; a folder or CSV is discovered with :func:`bmcd.data.load_dataset`.
+        validation : same, optional
+            Validation data for early stopping and the validation curves. Use other
+            subjects than ``train`` (see :func:`bmcd.data.split_by_subject`).
+        epochs : int
+            With pretrained weights: epochs with the backbone frozen (head only).
+        fine_tune_epochs : int
+            With pretrained weights: epochs with the backbone unfrozen from
+            ``fine_tune_from``. With ``weights=None`` there is nothing to transfer, so the
+            whole network trains for ``epochs + fine_tune_epochs`` epochs at
+            ``learning_rate`` (recorded in ``meta_["training"]["note"]``).
+        fine_tune_from : str or int, optional
+            First backbone layer unfrozen in the fine-tuning phase (a layer name or index).
+            Default per architecture: ``conv2_block1_1_conv`` (ResNet50, the research
+            report's best), ``block_13_expand`` (MobileNetV2).
+        batch_size : int
+        learning_rate, fine_tune_learning_rate : float
+            Adam learning rates of the two phases.
+        balance : {"augment", "class_weight", None}
+            ``"augment"``: subsample the majority class and add flipped / rotated copies
+            of the minority (:func:`bmcd.data.balance_augment`); ``"class_weight"``:
+            inverse-frequency loss weights; None: train on the data as they are.
+        augment : bool
+            Random flips and 90-degree rotations on the fly.
+        early_stopping_patience : int or None
+            Stop a phase after this many epochs without a lower validation loss and
+            restore its best weights (only with ``validation``); None disables it.
+        checkpoint_dir : path, optional
+            Keep the best model of each phase there (``<phase>.best.keras``).
+        verbose : int
+            0 silent, 1 progress bars, 2 one line per epoch.
+        cache_dir : path, optional
+            Keep the preprocessed images in a memory-mapped ``.npy`` there instead of in
+            memory (for large sets; reused by later runs over the same files).
+        split : bmcd.data.Split or dict, optional
+            How ``train``/``validation`` were made; recorded in the provenance.
+        jit_compile : bool or "auto"
+            Passed to ``keras.Model.compile``. XLA does not speed these networks up on
+            CPUs and costs a long first step, so it is off by default.
+
+        Returns
+        -------
+        Classifier
+            ``self``, fitted.
+        """
+        from .runtimes import keras as kb
+
+        config = self._check_params()
+        t_start = time.perf_counter()
+        ds_train = _as_dataset(train, "train")
+        ds_val = _as_dataset(validation, "validation") if validation is not None else None
+        if len(ds_train) == 0:
+            raise DatasetError("The training set is empty.")
+        counts = ds_train.class_counts()
+        if min(counts.values()) == 0:
+            raise DatasetError(
+                f"Training needs images of both classes; received {counts}. Check the "
+                f"dataset folders (all/ and hem/) or the manifest's labels."
+            )
+        if ds_val is not None and len(ds_val) == 0:
+            ds_val = None
+        shared = []
+        if ds_val is not None:
+            shared = sorted(
+                {s for s in ds_train.subjects if s is not None} & set(ds_val.subjects)
+            )
+            if shared:
+                import warnings
+
+                warnings.warn(
+                    f"{len(shared)} subject(s) have images in both train and validation "
+                    f"({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}); "
+                    f"early stopping and validation scores will be optimistic. Split with "
+                    f"bmcd.data.split_by_subject.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
+        seed = int(self.seed)
+        seeds = kb.set_seed(seed)
+        progress = None if verbose else False
+        x_train = kb.cache_images(ds_train.absolute_paths(), config, cache_dir=cache_dir,
+                                  name="train", progress=progress)
+        x_val = y_val = None
+        if ds_val is not None:
+            x_val = kb.cache_images(ds_val.absolute_paths(), config, cache_dir=cache_dir,
+                                    name="validation", progress=progress)
+            y_val = ds_val.labels
+        t_pre = time.perf_counter()
+
+        kb.set_seed(seed)  # same initial weights whatever preprocessing consumed
+        weights = self.weights
+        model = kb.build_model(
+            self.arch, int(self.image_size), weights=weights, pooling=self.pooling,
+            head_units=tuple(self.head_units), dropout=float(self.dropout),
+        )
+        record = kb.train_model(
+            model, x_train, ds_train.labels, x_val, y_val,
+            arch=self.arch, pretrained=not _is_scratch(weights),
+            epochs=epochs, fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from,
+            batch_size=batch_size, learning_rate=learning_rate,
+            fine_tune_learning_rate=fine_tune_learning_rate, balance=balance,
+            augment=augment, early_stopping_patience=early_stopping_patience,
+            checkpoint_dir=checkpoint_dir, seed=seed, verbose=verbose,
+            jit_compile=jit_compile,
+        )
+        model = kb.inference_copy(model)  # drop the optimizer state
+        t_end = time.perf_counter()
+
+        import keras
+        import tensorflow as tf
+
+        if split is not None and hasattr(split, "to_dict"):
+            split = split.to_dict()
+        training = {
+            "weights": None if _is_scratch(weights) else os.fspath(weights),
+            "params": self._params_json(),
+            "data": {
+                "train": _describe_dataset(ds_train),
+                "validation": _describe_dataset(ds_val) if ds_val is not None else None,
+                "shared_subjects_train_validation": shared,
+            },
+            "split": split,
+            "seeds": {**seeds, "shuffle": seed, "balance": seed, "augment": seed},
+            "fit": {
+                "epochs": int(epochs),
+                "fine_tune_epochs": int(fine_tune_epochs),
+                "fine_tune_from": fine_tune_from,
+                "learning_rate": float(learning_rate),
+                "fine_tune_learning_rate": float(fine_tune_learning_rate),
+                "cache": "memmap" if cache_dir is not None else "memory",
+            },
+            **record,
+            "seconds": {
+                "preprocess": round(t_pre - t_start, 2),
+                "train": round(t_end - t_pre, 2),
+            },
+            "environment": {
+                "bmcd": __version__,
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+        }
+        meta = new_model_json(
+            arch=self.arch, preprocess=config, threshold=float(self.threshold), training=training,
+        )
+        self.meta_ = meta
+        self.backend_ = kb.KerasBackend(model, meta)
+        self.classes_ = list(CLASSES)
+        self.threshold_ = float(self.threshold)
+        self.history_ = record["history"]
+        return self
+
+    def _params_json(self) -> dict[str, Any]:
+        params = self.get_params()
+        params["weights"] = None if _is_scratch(params["weights"]) else os.fspath(params["weights"])
+        params["preprocess"] = self._preprocess_config().to_dict()
+        params["head_units"] = [int(u) for u in params["head_units"]]
+        return params
+
+    # ---------------------------------------------------------------- prediction
+    def predict_proba(self, X: Any, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities, shape (n, 2), columns ordered like ``classes_`` (hem, all).
+
+        Parameters
+        ----------
+        X : paths, folder, Dataset, image array (H, W, 3) or batch (n, H, W, 3)
+            Every image goes through :func:`bmcd.preprocessing.preprocess` with the model's
+            own :class:`PreprocessConfig`. Arrays may be uint8 or float (RGB).
+        batch_size : int
+            Hint for the preprocessing chunk; the backend batches on its own.
+
+        Returns
+        -------
+        ndarray of shape (n, 2), float64
+            ``[:, 1]`` is p(all); rows sum to 1.
+        """
+        self._check_fitted("predict")
+        p = self._p_all(X, batch_size=batch_size)
+        return np.stack([1.0 - p, p], axis=1)
+
+    def predict(self, X: Any, batch_size: int = 32) -> np.ndarray:
+        """Labels ``"all"`` / ``"hem"``: ``"all"`` where p(all) >= ``threshold_``.
+
+        Accepts the same ``X`` as :meth:`predict_proba`.
+        """
+        self._check_fitted("predict")
+        p = self._p_all(X, batch_size=batch_size)
+        return np.where(p >= self.threshold_, CLASSES[1], CLASSES[0])
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(
+        self,
+        data: Any,
+        batch_size: int = 32,
+        dataset_info: dict[str, Any] | None = None,
+    ):
+        """Score labelled data at ``threshold_``; returns an :class:`~bmcd.metrics.EvaluationReport`.
+
+        Parameters
+        ----------
+        data : Dataset, folder, CSV or (paths, labels)
+            Labelled images (use subjects the model has not seen).
+        batch_size : int
+        dataset_info : dict, optional
+            Extra description for the report, e.g. ``{"synthetic": True}`` (adds a banner).
+
+        Returns
+        -------
+        EvaluationReport
+            With the training history, the model description and per-subject counts.
+        """
+        from .metrics import EvaluationReport
+
+        self._check_fitted("evaluate")
+        ds = _as_dataset(data, "data")
+        if len(ds) == 0:
+            raise DatasetError("Cannot evaluate on an empty dataset.")
+        p = self._p_all(ds, batch_size=batch_size)
+        info = _describe_dataset(ds)
+        info.update(dataset_info or {})
+        return EvaluationReport.from_predictions(
+            ds.labels, p, threshold=self.threshold_, subjects=[
+                s if s is not None else "?" for s in ds.subjects
+            ], paths=ds.absolute_paths(), history=self.history_,
+            model_info=self._model_info(), dataset_info=info,
+        )
+
+    def _model_info(self) -> dict[str, Any]:
+        training = self.meta_.get("training", {})
+        info = {
+            "arch": self.meta_["arch"],
+            "image_size": self.meta_["image_size"],
+            "backend": getattr(self.backend_, "name", type(self.backend_).__name__),
+            "threshold": self.threshold_,
+            "weights": training.get("weights", "unknown") if training else "unknown",
+            "bmcd_version": self.meta_.get("bmcd_version"),
+        }
+        if training:
+            info["training"] = training.get("note")
+            info["epochs_run"] = training.get("epochs_run")
+        return info
+
+    def tune_threshold(
+        self, validation: Any, method: str | None = "youden", sensitivity: float | None = None
+    ) -> float:
+        """Choose ``threshold_`` on labelled validation data, store it and return it.
+
+        Parameters
+        ----------
+        validation : Dataset, folder, CSV or (paths, labels)
+            Not the test set: a threshold tuned on test data flatters the test score.
+        method : {"youden"}
+            Maximise sensitivity + specificity - 1 (ignored when ``sensitivity`` is given).
+        sensitivity : float, optional
+            Instead, the highest threshold whose recall of ``"all"`` is at least this.
+
+        Returns
+        -------
+        float
+        """
+        from .metrics import tune_threshold
+
+        self._check_fitted("tune a threshold")
+        ds = _as_dataset(validation, "validation")
+        p = self._p_all(ds)
+        if sensitivity is not None:
+            thr = tune_threshold(ds.labels, p, method=None, sensitivity=sensitivity)
+            rule = {"sensitivity": float(sensitivity)}
+        else:
+            thr = tune_threshold(ds.labels, p, method=method)
+            rule = {"method": method}
+        self.threshold_ = float(thr)
+        self.meta_["threshold"] = float(thr)
+        self.meta_.setdefault("training", {})["threshold_tuning"] = {
+            **rule, "threshold": float(thr), "n": len(ds), "data_fingerprint": ds.fingerprint(),
+        }
+        return self.threshold_
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, model_dir: str | os.PathLike) -> Path:
+        """Write ``model.keras`` and ``bmcd.json`` into ``model_dir``; return its path.
+
+        Needs the Keras backend (a fitted model, or one loaded with ``backend="keras"``).
+        """
+        self._check_fitted("be saved")
+        if not hasattr(self.backend_, "save"):
+            raise ModelFormatError(
+                f"The {getattr(self.backend_, 'name', '?')!r} backend cannot write "
+                f"model.keras; load the model with backend='keras' to save it."
+            )
+        d = Path(model_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        self.meta_["threshold"] = float(self.threshold_)
+        self.backend_.save(d)
+        write_model_json(d, self.meta_)
+        return d
+
+    @classmethod
+    def load(
+        cls, model_dir: str | os.PathLike, backend: str = "keras", **backend_options: Any
+    ) -> Classifier:
+        """Load a model directory with the named backend.
+
+        Parameters
+        ----------
+        model_dir : path
+            A directory written by :meth:`save` / ``bmcd train`` (the ONNX backend also
+            accepts a bare ``.onnx`` file with bmcd metadata).
+        backend : str
+            A registered backend: ``"keras"`` (needs the ``train`` extra) or ``"onnx"``
+            (core dependencies only; never imports TensorFlow).
+        **backend_options
+            Passed to the backend's ``load``, e.g. ``precision="int8"`` for ONNX.
+
+        Raises
+        ------
+        ModelFormatError
+            ``bmcd.json`` is missing, has missing keys or an unknown schema version, or the
+            model's input size disagrees with it.
+        """
+        from .runtimes import get_backend
+
+        b = get_backend(backend).load(model_dir, **backend_options)
+        meta = b.meta
+        config = PreprocessConfig.from_dict(meta["preprocess"])
+        weights = meta.get("training", {}).get("weights") if isinstance(
+            meta.get("training"), dict) else None
+        params = meta.get("training", {}).get("params", {}) if isinstance(
+            meta.get("training"), dict) else {}
+        clf = cls(
+            arch=meta["arch"],
+            image_size=int(meta["image_size"]),
+            weights=weights,
+            threshold=float(meta["threshold"]),
+            preprocess=config,
+            seed=int(params.get("seed", 0)),
+            pooling=params.get("pooling", "avg"),
+            head_units=tuple(params.get("head_units", ())),
+            dropout=float(params.get("dropout", 0.2)),
+        )
+        clf.meta_ = meta
+        clf.backend_ = b
+        clf.classes_ = list(meta["classes"])
+        clf.threshold_ = float(meta["threshold"])
+        clf.history_ = meta.get("training", {}).get("history") if isinstance(
+            meta.get("training"), dict) else None
+        return clf
+
+
+def _looks_synthetic(root: Any) -> bool:
+    """Whether a dataset folder carries the README that bmcd.synthetic.make_cells writes."""
+    if root is None:
+        return False
+    readme = Path(root) / "README.txt"
+    try:
+        return readme.is_file() and readme.read_text(encoding="utf-8").startswith("SYNTHETIC")
+    except OSError:
+        return False
+
+
+def _describe_dataset(ds) -> dict[str, Any]:
+    info = {
+        "n": len(ds),
+        "counts": ds.class_counts(),
+        "n_subjects": len(ds.subject_list()),
+        "fingerprint": ds.fingerprint(),
+        "root": os.fspath(ds.root) if ds.root is not None else None,
+        "layout": ds.layout,
+    }
+    if _looks_synthetic(ds.root):
+        info["synthetic"] = True
+    return info
+
