@@ -134,7 +134,7 @@ def _listing(items: Sequence[Any], limit: int = _MAX_LISTED) -> str:
 # ----------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Dataset:
     """Image files with labels and subject ids.
 
@@ -351,7 +351,7 @@ class Dataset:
 
     def subject_table(self, columns: int = 4) -> str:
         """Per-subject counts as a compact table (several subjects per row)."""
-        cells = []
+        entries = []
         for subject, c in self.subject_counts().items():
             name = subject if subject is not None else "?"
             if c["all"] and c["hem"]:
@@ -360,9 +360,12 @@ class Dataset:
                 text = f"{c['all']} all"
             else:
                 text = f"{c['hem']} hem"
-            cells.append(f"{name:>5} {text:<17}")
-        if not cells:
+            entries.append((name, text))
+        if not entries:
             return "(no images)"
+        wn = max(len(n) for n, _ in entries)
+        wt = max(len(t) for _, t in entries)
+        cells = [f"{n:>{wn}} {t:<{wt}}  " for n, t in entries]
         rows = [" ".join(cells[i : i + columns]).rstrip() for i in range(0, len(cells), columns)]
         return "subject counts:\n" + "\n".join(rows)
 

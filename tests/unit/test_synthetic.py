@@ -118,6 +118,12 @@ def test_cli_synth(tmp_path, capsys):
     ds = load_dataset(out)
     assert ds.class_counts() == {"hem": 4, "all": 4}
     assert cv2.imread(ds.paths[0]).shape == (64, 64, 3)
+    assert main(["info", str(out)]) == EXIT_OK
+    assert "SYNTHETIC images" in capsys.readouterr().out
+    # preprocessing keeps the synthetic label
+    assert main(["preprocess", str(out), str(tmp_path / "pp"), "--image-size", "32"]) == EXIT_OK
+    assert main(["info", str(tmp_path / "pp")]) == EXIT_OK
+    assert "SYNTHETIC images" in capsys.readouterr().out
 
 
 def test_cli_synth_bad_arguments(tmp_path, capsys):
