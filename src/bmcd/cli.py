@@ -98,6 +98,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     ds = load_dataset(args.data)
     print(ds.summary(per_subject=True))
+    readme = ds.root / "README.txt" if ds.root is not None else None
+    if readme is not None and readme.is_file() and "SYNTHETIC" in readme.read_text(errors="ignore"):
+        print("note: these are SYNTHETIC images (bmcd synth), not patient data")
     return EXIT_OK
 
 
@@ -189,6 +192,10 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     for path, err in failures:
         print(f"bmcd preprocess: skipped {path}: {err}", file=sys.stderr)
     written = len(sources) - len(failures)
+    readme = (src.parent if src.is_file() else src) / "README.txt"
+    if readme.is_file() and "SYNTHETIC" in readme.read_text(errors="ignore"):
+        out.mkdir(parents=True, exist_ok=True)  # keep the label on synthetic data
+        (out / "README.txt").write_text(readme.read_text(errors="ignore"), encoding="utf-8")
     if manifest is not None:
         import csv
 
