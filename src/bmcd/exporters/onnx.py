@@ -138,8 +138,12 @@ def _synthetic_samples(
     n = max(2, int(n))
     per_class = math.ceil(n / 2)
     subjects = 2 * min(4, per_class)
+    # Drawn at about twice the network input (C-NMC's 450 px at 224): preprocessing crops
+    # and resizes anyway, and drawing small cells is much faster for small models.
+    side = min(450, max(128, 2 * config.image_size))
     with tempfile.TemporaryDirectory(prefix="bmcd-export-cells-") as tmp:
-        make_cells(tmp, n_per_class=per_class, n_subjects=subjects, seed=seed, progress=False)
+        make_cells(tmp, n_per_class=per_class, n_subjects=subjects, image_size=side, seed=seed,
+                   progress=False)
         ds = load_dataset(tmp)
         idx = _subset_indices(len(ds), n)
         ds = ds.subset(idx)
@@ -147,8 +151,8 @@ def _synthetic_samples(
     return _Samples(
         x,
         ds.labels.copy(),
-        f"synthetic: {len(ds)} cells from bmcd.synthetic.make_cells(seed={seed}), made for "
-        f"{purpose}",
+        f"synthetic: {len(ds)} cells from bmcd.synthetic.make_cells(seed={seed}, "
+        f"image_size={side}), made for {purpose}",
     )
 
 
@@ -719,12 +723,14 @@ def export_onnx(
     >>> rec["parity"]["max_abs_diff"] <= 1e-4                     # doctest: +SKIP
     True
     """
+    if not (isinstance(atol, (int, float)) and atol >= 0):
+        raise ValueError(f"atol must be a non-negative number; received {atol!r}.")
+    if isinstance(model, (str, os.PathLike)):
+        read_model_json(model)  # a bad directory fails here, before the heavy imports
     onnx = optional_import("onnx", purpose="ONNX export")
     optional_import("tf2onnx", purpose="ONNX export")
     opset = DEFAULT_OPSET if opset is None else opset
     _check_opset(opset)  # fail fast, before the (slow) conversion
-    if not (isinstance(atol, (int, float)) and atol >= 0):
-        raise ValueError(f"atol must be a non-negative number; received {atol!r}.")
 
     keras_model, meta, out_dir = _resolve_model(model, out)
     S = int(meta["image_size"])
@@ -892,6 +898,21 @@ def _gate(
     return rec
 
 
+def _name_nodes(proto) -> bool:
+    """Give every unnamed node a unique name; return whether any was renamed."""
+    taken = {n.name for n in proto.graph.node if n.name}
+    changed = False
+    for i, node in enumerate(proto.graph.node):
+        if not node.name:
+            name = f"bmcd_{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+            changed = True
+    return changed
+
+
 def _float_nodes(proto, head: bool, first_conv: bool) -> list[str]:
     """Names of the nodes to leave unquantized (graph nodes are in topological order)."""
     nodes = list(proto.graph.node)
@@ -1044,7 +1065,11 @@ def quantize_int8(
             pre = Path(work) / "pre.onnx"
             qpath = Path(work) / "int8.onnx"
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
-            float_nodes = _float_nodes(onnx.load(str(pre)), keep_head_float, keep_first_conv_float)
+            pre_proto = onnx.load(str(pre))
+            if _name_nodes(pre_proto):  # nodes_to_exclude works by node name
+                onnx.save(pre_proto, str(pre))
+            float_nodes = _float_nodes(pre_proto, keep_head_float, keep_first_conv_float)
+            del pre_proto
             quantize_static(
                 str(pre),
                 str(qpath),
