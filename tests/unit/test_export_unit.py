@@ -434,6 +434,12 @@ def test_stale_int8_is_removed_when_fp32_changes(tmp_path):
         ex._drop_stale_int8(d, read_model_json(d), "b" * 64)
     assert not (d / ONNX_INT8_FILE).exists()
     assert "onnx_int8" not in read_model_json(d)["exports"]
+    # a record whose file is gone (e.g. a copied bmcd.json) is dropped without a warning
+    meta = update_model_json(d, "exports", "onnx_int8", {"source_sha256": "b" * 64})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ex._drop_stale_int8(d, meta, "b" * 64)
+    assert "onnx_int8" not in read_model_json(d)["exports"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -815,10 +815,12 @@ def _drop_stale_int8(model_dir: Path, meta: dict[str, Any], fp32_sha: str) -> No
         return
     if rec is not None and rec.get("source_sha256") == fp32_sha and path.exists():
         return
-    path.unlink(missing_ok=True)
     if rec is not None:
         meta["exports"].pop("onnx_int8", None)
         write_model_json(model_dir, meta)
+    if not path.exists():
+        return  # only a record without its file (e.g. a copied bmcd.json): nothing to say
+    path.unlink()
     warnings.warn(
         f"Removed the int8 model in '{model_dir}': it was quantized from an earlier "
         f"{ONNX_FILE}. Run quantize_int8 (or `bmcd export --int8`) again.",
