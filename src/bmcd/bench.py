@@ -505,13 +505,25 @@ def default_cache_dir() -> Path:
 
 
 def _bench_stamp(arch: str, image_size: int) -> dict[str, Any]:
+    """What a cached benchmark model depends on; a change rebuilds it."""
+    import hashlib
+    import inspect
+
     import onnxruntime as ort
 
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256(inspect.getsource(build_bench_model).encode())
+    for rel in ("runtimes/keras.py", "exporters/onnx.py"):
+        try:
+            digest.update((here / rel).read_bytes())
+        except OSError:
+            digest.update(rel.encode())
     return {
         "bmcd": __version__,
         "arch": arch,
         "image_size": int(image_size),
         "onnxruntime": ort.__version__,
+        "sources_sha256": digest.hexdigest(),
         "kind": "random weights, BN set from data",
     }
 

@@ -1,0 +1,106 @@
+"""End to end: ``bmcd.score`` over 2,000 BMP files on disk into a CSV.
+
+Each round scores every file into a new CSV: list, load the model, decode, crop, pad,
+resize, infer, write. Rows: mobilenet_v2 fp32 and int8 and resnet50 int8 with the local
+engine, and mobilenet_v2 int8 on a Dask local cluster (started and closed by ``score``,
+as ``bmcd score --engine dask`` does; skipped without the ``scale`` extra).
+
+Parity after timing: one row per file in input order, no error rows, and ``p_all`` of 16
+rows spread over the file equal to the same ONNX model on ``preprocess_batch`` of those
+files (:func:`bmcd.bench.check_score_output`). ``extra_info`` holds images/s and the ratio
+to model-only ONNX Runtime at the same batch size (from the inference suite in the same
+session, else measured here with :func:`bmcd.bench.time_calls`).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from _helpers import BATCH_SIZE, RESULTS, median_seconds, record
+from bmcd.bench import check_score_output, make_input_batches, time_calls
+
+pytestmark = [pytest.mark.benchmark(group="end to end"), pytest.mark.train, pytest.mark.slow]
+
+N_FILES = 2000
+CASES = [
+    pytest.param("mobilenet_v2", "fp32", "local", 2, id="mobilenet_v2-fp32-local"),
+    pytest.param("mobilenet_v2", "int8", "local", 2, id="mobilenet_v2-int8-local"),
+    pytest.param(
+        "mobilenet_v2", "int8", "dask", 1, id="mobilenet_v2-int8-dask", marks=pytest.mark.dask
+    ),
+    pytest.param("resnet50", "int8", "local", 1, id="resnet50-int8-local"),
+]
+
+
+def model_only_images_per_second(model_dir, arch: str, precision: str, images) -> float:
+    """ORT model-only images/s at BATCH_SIZE: from the inference suite, else measured now."""
+    key = ("inference", arch, BATCH_SIZE, f"ort_{precision}")
+    if key not in RESULTS:
+        from bmcd.runtimes.onnx import OnnxRuntimeBackend
+
+        be = OnnxRuntimeBackend.load(model_dir, precision=precision)
+        inputs = make_input_batches(images, BATCH_SIZE, 4)
+        timing, _ = time_calls(be.predict_batch, inputs, batch_size=BATCH_SIZE, seconds=3.0)
+        RESULTS[key] = timing.images_per_second
+    return RESULTS[key]
+
+
+@pytest.mark.parametrize("arch,precision,engine,rounds", CASES)
+def test_score(
+    benchmark, bench_model, files_2000, images224, tmp_path, arch, precision, engine, rounds
+):
+    if engine == "dask":
+        pytest.importorskip("distributed", reason="the Dask row needs the 'scale' extra")
+    from bmcd.scoring import score
+
+    model_dir = bench_model(arch)
+    files = sorted(files_2000.glob("*.bmp"))
+    assert len(files) == N_FILES
+    counter = itertools.count()
+    outs = []
+
+    def setup():
+        out = tmp_path / f"scores-{next(counter)}.csv"
+        outs.append(out)
+        return (out,), {}
+
+    def run(out):
+        return score(
+            model_dir,
+            [str(files_2000)],
+            out,
+            batch_size=BATCH_SIZE,
+            precision=precision,
+            engine=engine,
+            progress=False,
+        )
+
+    benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=0, iterations=1)
+    diff = 0.0
+    for out in outs:
+        diff = max(
+            diff,
+            check_score_output(
+                out, model_dir, files, precision=precision, label=f"score {engine} {precision}"
+            ),
+        )
+    extra: dict = {"n_files": N_FILES, "batch_size": BATCH_SIZE, "parity_max_abs_diff": diff}
+    med = median_seconds(benchmark)
+    if med:
+        ips = N_FILES / med
+        RESULTS[("score", arch, precision, engine)] = ips
+        mo = model_only_images_per_second(model_dir, arch, precision, images224)
+        extra["model_only_images_per_second"] = mo
+        extra["ratio_to_model_only"] = ips / mo
+        local = RESULTS.get(("score", arch, precision, "local"))
+        if engine == "dask" and local:
+            extra["ratio_to_local_engine"] = ips / local
+    record(
+        benchmark,
+        "end to end",
+        f"score {N_FILES} files {arch} {precision} {engine}",
+        N_FILES,
+        **extra,
+    )
