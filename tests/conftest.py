@@ -66,8 +66,9 @@ def tiny_onnx_model_dir(tmp_path_factory) -> Path:
 
 #: The learnability settings of bmcd.synthetic (see tests/integration/
 #: test_synthetic_learnable.py): 300 cells per class, 12 subjects, 450 px, split by subject
-#: with seed 0; MobileNetV2 from scratch at 64 px.
-LEARNABLE = {"n_per_class": 300, "n_subjects": 12, "input_size": 64, "epochs": 8}
+#: with seed 0; MobileNetV2 from scratch at 64 px (BatchNorm momentum 0.8), 5 epochs
+#: (measured held-out-subject AUC 0.96).
+LEARNABLE = {"n_per_class": 300, "n_subjects": 12, "input_size": 64, "epochs": 5}
 
 
 @pytest.fixture(scope="session")

@@ -154,6 +154,8 @@ class Classifier:
         The ``bmcd.json`` document, with training provenance.
     threshold_ : float
         The threshold in use (starts as ``threshold``; see :meth:`tune_threshold`).
+    model_dir_ : pathlib.Path
+        The model directory, once saved or loaded.
 
     Examples
     --------
@@ -598,6 +600,7 @@ class Classifier:
         self.meta_["threshold"] = float(self.threshold_)
         self.backend_.save(d)
         write_model_json(d, self.meta_)
+        self.model_dir_ = d
         return d
 
     @classmethod
@@ -645,6 +648,8 @@ class Classifier:
         )
         clf.meta_ = meta
         clf.backend_ = b
+        p = Path(model_dir)
+        clf.model_dir_ = p if p.is_dir() else p.parent
         clf.classes_ = list(meta["classes"])
         clf.threshold_ = float(meta["threshold"])
         clf.history_ = meta.get("training", {}).get("history") if isinstance(

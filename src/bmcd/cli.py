@@ -220,9 +220,6 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 # commands: model (train, evaluate, predict, demo)
 # ---------------------------------------------------------------------------------------
 
-# ---------------------------------------------------------------------------------------
-# commands: export
-# ---------------------------------------------------------------------------------------
 
 def _weights_arg(text: str) -> str | None:
     return None if text.lower() == "none" else text
@@ -314,6 +311,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="early-stopping patience in epochs (default: 5)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="keep preprocessed images in a memory map here (large sets)")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="keep the best model of each training phase here")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)
@@ -346,7 +345,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, learning_rate=args.lr,
             fine_tune_learning_rate=args.fine_tune_lr, balance=args.balance,
             augment=args.augment, early_stopping_patience=args.patience,
-            cache_dir=args.cache_dir,
+            cache_dir=args.cache_dir, checkpoint_dir=args.checkpoint_dir,
         )
     except ValueError as exc:
         if isinstance(exc, BmcdError):
@@ -471,6 +470,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     run_demo(args.out, arch=args.arch, quick=args.quick, seed=args.seed)
     return EXIT_OK
 
+
+# ---------------------------------------------------------------------------------------
+# commands: export
+# ---------------------------------------------------------------------------------------
 
 
 def _nonneg_float_arg(text: str) -> float:

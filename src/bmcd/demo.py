@@ -28,7 +28,7 @@ REAL_DATA_COMMAND = (
 #: Demo sizes. "full" is tuned to reach a held-out-subject ROC-AUC around 0.9+ on the
 #: synthetic cells in about two minutes on 2 CPU cores; "quick" is a smoke run.
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    "full": {"n_per_class": 300, "n_subjects": 12, "image_size": 64, "epochs": 8,
+    "full": {"n_per_class": 300, "n_subjects": 12, "image_size": 64, "epochs": 6,
              "batch_size": 32},
     "quick": {"n_per_class": 100, "n_subjects": 8, "image_size": 48, "epochs": 3,
               "batch_size": 32},

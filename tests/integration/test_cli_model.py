@@ -17,13 +17,18 @@ from bmcd.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, main
 @pytest.fixture(scope="module")
 def cli_model(synthetic_small, tmp_path_factory):
     pytest.importorskip("tensorflow")
-    out = tmp_path_factory.mktemp("cli") / "model"
+    base = tmp_path_factory.mktemp("cli")
+    out = base / "model"
     code = main([
         "train", str(synthetic_small), "--arch", "mobilenet_v2", "--out", str(out),
         "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "0",
         "--weights", "none", "--batch-size", "16", "--seed", "1", "--quiet",
+        "--cache-dir", str(base / "cache"), "--checkpoint-dir", str(base / "ckpt"),
     ])
     assert code == EXIT_OK
+    # preprocessed once into a reusable uint8 memory map; the best epoch checkpointed
+    assert len(list((base / "cache").glob("train-*.npy"))) == 1
+    assert (base / "ckpt" / "full.best.keras").is_file()
     return out
 
 
@@ -90,3 +95,34 @@ def test_cli_errors_are_one_line(cli_model, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", "data", "--arch", "vgg16", "--out", "m"])
     assert exc.value.code == 2
+
+
+def test_run_demo_end_to_end_tiny(tmp_path, capsys):
+    """The demo's steps at toy size (the real demo is timed in the closing note, ~2 min)."""
+    pytest.importorskip("tensorflow")
+    from bmcd.demo import REAL_DATA_COMMAND, run_demo
+
+    result = run_demo(tmp_path / "demo", n_per_class=24, n_subjects=6, image_size=32,
+                      epochs=1)
+    out = capsys.readouterr().out
+    assert "SYNTHETIC" in out and REAL_DATA_COMMAND in out
+    assert result["synthetic"] is True and result["report"].synthetic
+    assert (result["report_dir"] / "report.html").is_file()
+    assert (result["model_dir"] / "model.keras").is_file()
+    assert result["classifier"].model_dir_ == result["model_dir"]
+    split = result["split"]
+    assert split.method == "subject" and split.shared_subjects() == []
+    assert result["metrics"]["test"]["n"] == len(split.test)
+    assert result["settings"]["image_size"] == 32
+    assert set(result["seconds"]) >= {"data", "fit", "evaluate", "save", "total"}
+    meta = json.loads((result["model_dir"] / "bmcd.json").read_text())
+    assert meta["metrics"]["test"]["synthetic"] is True
+
+
+def test_demo_command_passes_options(monkeypatch, tmp_path):
+    import bmcd.demo
+
+    seen = {}
+    monkeypatch.setattr(bmcd.demo, "run_demo", lambda out, **kw: seen.update(out=out, **kw))
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--seed", "3"]) == EXIT_OK
+    assert seen == {"out": str(tmp_path), "arch": "mobilenet_v2", "quick": True, "seed": 3}

@@ -38,7 +38,7 @@ def test_training_provenance(fitted_mobilenet, learnable_split):
                                  "balance": 0, "augment": 0}
     (phase,) = training["phases"]
     assert phase["name"] == "full" and phase["trainable"] == "all layers"
-    assert 1 <= phase["epochs_run"] <= phase["epochs_requested"] == 8
+    assert 1 <= phase["epochs_run"] <= phase["epochs_requested"] == 5
     assert len(phase["history"]["val_loss"]) == phase["epochs_run"]
     assert {"loss", "auc", "accuracy", "val_loss", "val_auc", "val_accuracy"} <= set(
         phase["history"])
@@ -68,16 +68,16 @@ def test_tune_threshold_on_validation(fitted_mobilenet, learnable_split):
 
 
 def test_resnet50_trains_and_beats_chance(learnable_split):
-    """ResNet50 from scratch at 32 px, 3 epochs: slow on 2 cores, so a short run.
+    """ResNet50 from scratch at 32 px, 4 epochs: slow on 2 cores, so a short run.
 
     Measured on this split (seed 0): held-out-subject AUC ~0.8 (see the closing note of
     the classifier issue); the bar is set to what a short from-scratch run clearly clears.
     """
     clf = Classifier(arch="resnet50", image_size=32, weights=None, seed=0)
-    clf.fit(learnable_split.train, validation=learnable_split.val, epochs=3,
+    clf.fit(learnable_split.train, validation=learnable_split.val, epochs=4,
             fine_tune_epochs=0, batch_size=32, verbose=0)
     report = clf.evaluate(learnable_split.test)
     assert clf.meta_["training"]["mode"] == "scratch"
-    assert report.roc_auc >= 0.7, f"ResNet50 held-out-subject AUC {report.roc_auc:.3f}"
+    assert report.roc_auc >= 0.75, f"ResNet50 held-out-subject AUC {report.roc_auc:.3f}"
     labels = clf.predict(learnable_split.test)
     assert set(np.unique(labels)) <= {"hem", "all"}

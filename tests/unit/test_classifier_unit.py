@@ -222,13 +222,15 @@ def _tiny_xy(n=12, size=32):
     return x, y
 
 
-def test_scratch_training_is_one_full_phase_with_bn_momentum_09(keras):
+def test_scratch_training_is_one_full_phase_with_fast_bn_momentum(keras):
     from bmcd.runtimes.keras import SCRATCH_BN_MOMENTUM, build_model, train_model
 
     model = build_model("mobilenet_v2", 32, weights=None)
     bns = [layer for layer in model.get_layer("backbone").layers
            if isinstance(layer, keras.layers.BatchNormalization)]
-    assert bns and all(layer.momentum == SCRATCH_BN_MOMENTUM == 0.9 for layer in bns)
+    assert bns and all(layer.momentum == SCRATCH_BN_MOMENTUM == 0.8 for layer in bns)
+    assert build_model("mobilenet_v2", 32, weights=None, bn_momentum=0.5).get_layer(
+        "backbone").get_layer("bn_Conv1").momentum == 0.5
     calls = []
     _recording_fit(model, calls)
     x, y = _tiny_xy()
@@ -306,6 +308,7 @@ def test_cell_sequence_batches_shuffle_and_augment(keras):
     assert np.array_equal(np.concatenate([plain[i][0] for i in range(3)]), images)
 
 
+@pytest.mark.filterwarnings("ignore:`input_shape` is undefined:UserWarning")
 def test_imagenet_weights_offline_raise_clear_error(keras, tmp_path, monkeypatch,
                                                     synthetic_small):
     import urllib.error
@@ -409,7 +412,9 @@ def test_save_load_reproduces_predict_proba_exactly(fitted_mobilenet, learnable_
     assert meta["preprocess"] == PreprocessConfig(image_size=64).to_dict()
     assert meta["training"]["mode"] == "scratch"
     paths = learnable_split.test.absolute_paths()[:10]
+    assert clf.model_dir_ == out
     loaded = Classifier.load(out)
+    assert loaded.model_dir_ == out
     assert np.array_equal(loaded.predict_proba(paths), clf.predict_proba(paths))
     assert loaded.get_params()["arch"] == "mobilenet_v2" and loaded.threshold_ == clf.threshold_
     assert loaded.classes_ == ["hem", "all"] and loaded.history_ == clf.history_

@@ -13,6 +13,17 @@ Model graph (input and output names are part of the ONNX contract)::
       -> [Dense(units, relu) -> Dropout]*   optional extra head layers
       -> Dropout
       -> Dense(1, sigmoid) named "p_all"
+
+Pieces:
+
+* :func:`build_model` builds that graph (``weights`` "imagenet", None or a local file);
+* :class:`KerasBackend` (registered as ``"keras"``) loads ``model.keras`` in safe mode and
+  predicts through one cached ``tf.function``;
+* :func:`cache_images` runs the shared preprocessing once per image into a uint8 cache (in
+  memory or memory-mapped), and a ``keras.utils.PyDataset`` serves shuffled, balanced,
+  randomly flipped / rotated float32 batches from it;
+* :func:`train_model` runs the two training phases (frozen backbone, then fine-tuning), or
+  one full phase when training from scratch.
 """
 
 from __future__ import annotations
@@ -56,8 +67,11 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "p_all"
 # BatchNorm momentum used when training from scratch: Keras' defaults (0.999 / 0.99) leave
 # the moving statistics far from the data after a few hundred steps, so inference-mode
-# predictions collapse to a constant.
-SCRATCH_BN_MOMENTUM = 0.9
+# predictions collapse to a constant. Measured on the synthetic learnability set
+# (MobileNetV2, 64 px, 13 steps per epoch, identical training losses): inference-mode
+# outputs stop being constant after epoch 5 at 0.9, epoch 3 at 0.8, epoch 2 at 0.7 (test
+# AUC after 5 epochs 0.93 / 0.96 / 0.96). 0.8 still averages over ~5 batches.
+SCRATCH_BN_MOMENTUM = 0.8
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -190,7 +204,7 @@ def build_model(
         Dropout rate before the output layer (and after each hidden layer).
     bn_momentum : float, optional
         Override the momentum of every BatchNormalization layer. Defaults to
-        ``SCRATCH_BN_MOMENTUM`` (0.9) when ``weights`` is None, else Keras' own.
+        ``SCRATCH_BN_MOMENTUM`` (0.8) when ``weights`` is None, else Keras' own.
 
     Returns
     -------
