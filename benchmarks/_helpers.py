@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from bmcd.bench import process_cpu_seconds
 
 IMAGE_SIZE = 224
 BATCH_SIZE = 32
@@ -28,6 +31,7 @@ class Rotation:
         self.fn = fn
         self.inputs = inputs
         self.outputs: dict[int, Any] = {}
+        self.cpu: list[float] = []  # CPU seconds per call, warm-up included
         self._next = 0
 
     def setup(self) -> tuple[tuple[int], dict]:
@@ -36,9 +40,17 @@ class Rotation:
         return (i,), {}
 
     def __call__(self, i: int) -> Any:
+        c0 = process_cpu_seconds()
         out = self.fn(self.inputs[i])
+        self.cpu.append(process_cpu_seconds() - c0)
         self.outputs[i] = out
         return out
+
+    def cpu_ms_per_item(self, items_per_call: int) -> float | None:
+        """Median CPU milliseconds (all threads of this process) per item per call."""
+        if not self.cpu:
+            return None
+        return 1000.0 * statistics.median(self.cpu) / items_per_call
 
 
 def run_rotation(benchmark, rotation: Rotation, *, rounds: int, warmup_rounds: int = 1) -> None:

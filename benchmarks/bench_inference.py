@@ -81,7 +81,12 @@ def test_inference(benchmark, predictors, images224, arch, batch_size, backend):
         against = "keras_predict"
 
     med = median_seconds(benchmark)
-    extra: dict = {"parity_max_abs_diff": diff, "parity_against": against}
+    extra: dict = {
+        "parity_max_abs_diff": diff,
+        "parity_against": against,
+        # robust to other processes on the machine, unlike wall time
+        "cpu_ms_per_image": rot.cpu_ms_per_item(batch_size),
+    }
     if med:
         ips = batch_size / med
         RESULTS[("inference", arch, batch_size, backend)] = ips

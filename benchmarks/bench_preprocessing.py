@@ -78,6 +78,7 @@ def test_preprocess_single_thread(benchmark, source_files, one_opencv_thread):
         "preprocess to 224, 1 thread",
         1,
         seam_mean_abs_diff=worst,
+        cpu_ms_per_image=rot.cpu_ms_per_item(1),
         target_images_per_second=1000,
     )
 
@@ -96,4 +97,5 @@ def test_preprocess_batch_two_workers(benchmark, source_files):
         f"preprocess_batch({BATCH} files, workers=2)",
         BATCH,
         opencv_threads=cv2.getNumThreads(),
+        cpu_ms_per_image=rot.cpu_ms_per_item(BATCH),
     )

@@ -55,6 +55,19 @@ def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
     machine_info["bmcd"] = bmcd_machine_info()
 
 
+#: Suites run in this order: model-only inference before end to end, so the end-to-end
+#: ratios use the model-only numbers of the same session.
+SUITE_ORDER = ("bench_preprocessing", "bench_inference", "bench_end_to_end", "bench_footprint")
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    def rank(item) -> int:
+        name = item.module.__name__.rpartition(".")[2] if item.module else ""
+        return SUITE_ORDER.index(name) if name in SUITE_ORDER else len(SUITE_ORDER)
+
+    items.sort(key=rank)  # stable: keeps the order inside each module
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if not SUMMARY:
         return

@@ -59,9 +59,12 @@ __all__ = [
     "BenchError",
     "Timing",
     "machine_info",
+    "matmul_gflops",
     "cpu_flags",
     "kernel_report",
     "time_calls",
+    "time_interleaved",
+    "process_cpu_seconds",
     "find_image_files",
     "source_images",
     "make_input_batches",
@@ -139,6 +142,12 @@ TARGETS: tuple[dict[str, Any], ...] = (
         "value": 0.85,
     },
 )
+
+
+#: Approximate forward-pass cost in GFLOP per image at 224 px (2 x multiply-accumulates;
+#: scales with the square of the image side). Used to put fp32 throughput next to the
+#: machine's measured matmul rate.
+MODEL_GFLOP_224 = {"resnet50": 7.7, "mobilenet_v2": 0.6}
 
 
 class BenchError(BmcdError, RuntimeError):
@@ -267,6 +276,24 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
+    """Best-of-``repeats`` float32 ``n x n`` matmul rate (numpy's BLAS, all cores), GFLOP/s.
+
+    A practical fp32 ceiling for convolution-heavy networks: a network of G GFLOP per image
+    cannot run faster than about ``matmul_gflops() / G`` images/s on this machine.
+    """
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(max(1, int(repeats))):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
 def _loadavg() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -289,6 +316,11 @@ class Timing:
     batch_size : int
     times : list of float
         Seconds per call, warm-up excluded.
+    cpu_seconds : float, optional
+        CPU time (user + system, all threads of this process) spent over the timed calls.
+        Unlike wall time it barely changes when other processes compete for the cores, so
+        ratios of CPU time per image stay meaningful on a busy machine (spinning threads
+        count as cost).
 
     Examples
     --------
@@ -300,6 +332,7 @@ class Timing:
     name: str
     batch_size: int
     times: list[float] = field(default_factory=list)
+    cpu_seconds: float | None = None
 
     @property
     def rounds(self) -> int:
@@ -323,6 +356,13 @@ class Timing:
     def ms_per_image(self) -> float:
         return 1000.0 * self.median / self.batch_size
 
+    @property
+    def cpu_ms_per_image(self) -> float | None:
+        """CPU milliseconds (all threads) per image over the timed calls."""
+        if self.cpu_seconds is None or not self.times:
+            return None
+        return 1000.0 * self.cpu_seconds / (self.rounds * self.batch_size)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "batch_size": self.batch_size,
@@ -331,6 +371,7 @@ class Timing:
             "min_s": self.minimum,
             "images_per_second": self.images_per_second,
             "ms_per_image": self.ms_per_image,
+            "cpu_ms_per_image": self.cpu_ms_per_image,
         }
 
 
@@ -365,6 +406,7 @@ def time_calls(
         fn(inputs[i % n])
     timing = Timing(name, batch_size)
     outputs: dict[int, Any] = {}
+    cpu0 = process_cpu_seconds()
     start = time.perf_counter()
     r = 0
     while r < max_rounds and (r < min_rounds or time.perf_counter() - start < seconds):
@@ -376,7 +418,65 @@ def time_calls(
         if i not in outputs:
             outputs[i] = y
         r += 1
+    cpu1 = process_cpu_seconds()
+    if cpu0 is not None and cpu1 is not None:
+        timing.cpu_seconds = cpu1 - cpu0
     return timing, outputs
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[Any], Any]],
+    inputs: Sequence[Any],
+    *,
+    batch_size: int,
+    seconds: float = 12.0,
+    min_rounds: int = 3,
+    max_rounds: int = 10_000,
+    warmup: int = 1,
+) -> dict[str, tuple[Timing, dict[int, Any]]]:
+    """Like :func:`time_calls` for several functions, one call of each per round.
+
+    Round ``r`` calls every function in turn on input ``r % len(inputs)``. Rounds go on
+    until ``seconds`` have passed in total (at least ``min_rounds``). Side by side like this,
+    load from other processes falls on all functions alike, which keeps their ratios
+    meaningful on a shared machine. Returns ``{name: (timing, outputs)}``.
+    """
+    if not inputs:
+        raise ValueError("time_interleaved needs at least one input.")
+    n = len(inputs)
+    for i in range(max(0, int(warmup))):
+        for fn in fns.values():
+            fn(inputs[i % n])
+    timings = {name: Timing(name, batch_size, cpu_seconds=0.0) for name in fns}
+    outputs: dict[str, dict[int, Any]] = {name: {} for name in fns}
+    start = time.perf_counter()
+    r = 0
+    while r < max_rounds and (r < min_rounds or time.perf_counter() - start < seconds):
+        i = r % n
+        for name, fn in fns.items():
+            c0 = process_cpu_seconds()
+            t0 = time.perf_counter()
+            y = fn(inputs[i])
+            timings[name].times.append(time.perf_counter() - t0)
+            c1 = process_cpu_seconds()
+            if c0 is None or c1 is None:
+                timings[name].cpu_seconds = None
+            elif timings[name].cpu_seconds is not None:
+                timings[name].cpu_seconds += c1 - c0
+            outputs[name].setdefault(i, y)
+        r += 1
+    return {name: (timings[name], outputs[name]) for name in fns}
+
+
+def process_cpu_seconds() -> float | None:
+    """User + system CPU seconds of this process (all threads) and its waited-for children."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 # ---------------------------------------------------------------------------------------
@@ -775,28 +875,27 @@ def bench_inference(
 ) -> list[dict[str, Any]]:
     """Time every predictor at every batch size on the same fresh inputs; check parity.
 
-    The reference is ``keras_predict`` when present, else the first predictor. Every
-    timed call's output on every input is compared with the reference's output on the
-    same input (``PARITY_TOLERANCE``; int8 against fp32 with :func:`check_int8_sanity`).
+    The predictors are timed round-robin (:func:`time_interleaved`), so a burst of load
+    from another process slows all of them alike and the ratios stay fair. The reference
+    is ``keras_predict`` when present, else the first predictor. Every timed call's output
+    on every input is compared with the reference's output on the same input
+    (``PARITY_TOLERANCE``; int8 against fp32 with :func:`check_int8_sanity`).
     """
     rows: list[dict[str, Any]] = []
     names = list(predictors)
     for bs in batch_sizes:
         n_batches = n_inputs if bs > 1 else max(n_inputs, 8)
         inputs = make_input_batches(images, bs, n_batches, seed=bs)
-        results: dict[str, tuple[Timing, dict[int, Any]]] = {}
-        for name in names:
-            if log:
-                log(f"  {BACKEND_LABELS.get(name, name):14s} batch {bs:3d} ...")
-            results[name] = time_calls(
-                predictors[name],
-                inputs,
-                batch_size=bs,
-                seconds=seconds,
-                min_rounds=min_rounds,
-                warmup=warmup,
-                name=name,
-            )
+        if log:
+            log(f"  batch {bs}: {', '.join(BACKEND_LABELS.get(n, n) for n in names)}, interleaved")
+        results = time_interleaved(
+            predictors,
+            inputs,
+            batch_size=bs,
+            seconds=seconds * len(names),
+            min_rounds=min_rounds,
+            warmup=warmup,
+        )
         ref_name = "keras_predict" if "keras_predict" in results else names[0]
         ref_out = results[ref_name][1]
         base = results[ref_name][0].images_per_second
@@ -901,6 +1000,7 @@ def bench_score(
     if out_csv.exists():
         out_csv.unlink()
     files = sorted(Path(files_dir).glob("*.bmp"))
+    cpu0 = process_cpu_seconds()
     t0 = time.perf_counter()
     summary = score(
         model_dir,
@@ -913,6 +1013,7 @@ def bench_score(
         progress=False,
     )
     wall = time.perf_counter() - t0
+    cpu1 = process_cpu_seconds()
     diff = check_score_output(
         out_csv,
         model_dir,
@@ -930,6 +1031,9 @@ def bench_score(
         "seconds": wall,
         "images_per_second": len(files) / wall,
         "score_seconds": summary.seconds,
+        "cpu_ms_per_image": (
+            1000 * (cpu1 - cpu0) / len(files) if files and cpu0 is not None and cpu1 else None
+        ),
         "parity_max_abs_diff": diff,
     }
 
@@ -960,6 +1064,7 @@ def run_bench(
     cache_dir: str | os.PathLike | None = None,
     rebuild: bool = False,
     backends: Sequence[str] = BACKENDS,
+    matmul_size: int = 4096,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the inference and end-to-end benchmarks; return a JSON-serialisable report.
@@ -970,7 +1075,8 @@ def run_bench(
         Architectures to build random-weight models for (ignored with ``model``).
     image_size, batch_size : int
     seconds : float
-        Time budget per backend and batch size (at least 3 timed calls each).
+        Time budget per backend and batch size (at least 3 timed calls each); the
+        backends of one batch size are timed interleaved, round by round.
     e2e : bool
         Also time :func:`bmcd.scoring.score` over ``n_files`` files.
     e2e_precisions : sequence of str
@@ -988,6 +1094,10 @@ def run_bench(
         Rebuild cached benchmark models.
     backends : sequence of str
         Subset of :data:`BACKENDS` to time.
+    matmul_size : int
+        Side of the float32 matmul that measures the fp32 ceiling (:func:`matmul_gflops`).
+    log : callable, optional
+        Called with progress messages.
     """
     say = log or (lambda _msg: None)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -997,6 +1107,8 @@ def run_bench(
     t_start = time.perf_counter()
     load_start = _loadavg()
     cpu_start = _cpu_times()
+    say("measuring the fp32 matmul rate (the fp32 ceiling) ...")
+    gflops = matmul_gflops(matmul_size)
     src_files, src_desc = source_images(images, cache)
     report: dict[str, Any] = {
         "bmcd_version": __version__,
@@ -1082,6 +1194,7 @@ def run_bench(
         del predictors
 
     report["machine"] = machine_info()
+    report["machine"]["matmul_gflops"] = gflops
     report["contention"] = {
         "loadavg_start": load_start,
         "loadavg_end": _loadavg(),
@@ -1207,7 +1320,8 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         "inference, model only (images/s = batch / median call time; ratio vs keras predict)",
         f"{'arch':13s} {'backend':14s} {f'img/s @{bs}':>10s} {f'x keras @{bs}':>11s} "
-        f"{'ms/img @1':>10s} {'x keras @1':>10s} {'max|dp|':>9s}  parity vs",
+        f"{'ms/img @1':>10s} {'x keras @1':>10s} {f'CPU ms/img @{bs}':>15s} {'max|dp|':>9s}"
+        "  parity vs",
     ]
     by = {(r["arch"], r["backend"], r["batch_size"]): r for r in report["inference"]}
     for arch in dict.fromkeys(r["arch"] for r in report["inference"]):
@@ -1220,8 +1334,26 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{_fmt(rb and rb['ratio_to_reference'], '.2f'):>11s} "
                 f"{_fmt(r1 and r1['ms_per_image'], '.2f'):>10s} "
                 f"{_fmt(r1 and r1['ratio_to_reference'], '.2f'):>10s} "
+                f"{_fmt(rb and rb.get('cpu_ms_per_image'), '.2f'):>15s} "
                 f"{_fmt(main['parity_max_abs_diff'], '.1e'):>9s}  {main['parity_against']}"
             )
+    gflops = m.get("matmul_gflops")
+    if gflops:
+        size = s["image_size"]
+        notes = []
+        for arch in dict.fromkeys(r["arch"] for r in report["inference"]):
+            g = MODEL_GFLOP_224.get(arch)
+            f = by.get((arch, "ort_fp32", bs))
+            if g and f:
+                ceiling = gflops / (g * (size / 224) ** 2)
+                notes.append(
+                    f"{arch} {ceiling:.0f} img/s (ORT fp32 reaches "
+                    f"{100 * f['images_per_second'] / ceiling:.0f}%)"
+                )
+        lines.append(
+            f"fp32 ceiling from a {gflops:.0f} GFLOP/s float32 matmul in this run: "
+            + "; ".join(notes)
+        )
     if report["end_to_end"]:
         n = report["settings"]["n_files"]
         lines += [
@@ -1229,13 +1361,14 @@ def format_report(report: dict[str, Any]) -> str:
             f"end to end: bmcd.score over {n} BMP files on disk -> CSV, batch {bs} "
             "(ratio vs model-only ORT of the same precision)",
             f"{'arch':13s} {'precision':9s} {'engine':7s} {'img/s':>8s} {'seconds':>8s} "
-            f"{'x model-only':>12s}",
+            f"{'x model-only':>12s} {'CPU ms/img':>10s}",
         ]
         for r in report["end_to_end"]:
             lines.append(
                 f"{r['arch']:13s} {r['precision']:9s} {r['engine']:7s} "
                 f"{_fmt(r['images_per_second']):>8s} {_fmt(r['seconds']):>8s} "
-                f"{_fmt(r.get('ratio_to_model_only'), '.2f'):>12s}"
+                f"{_fmt(r.get('ratio_to_model_only'), '.2f'):>12s} "
+                f"{_fmt(r.get('cpu_ms_per_image'), '.2f'):>10s}"
             )
     if report.get("targets"):
         lines += ["", "targets (from the benchmark issue; 2-core reference machine)"]

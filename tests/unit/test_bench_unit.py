@@ -78,6 +78,20 @@ def test_time_calls_rotates_inputs_and_keeps_outputs():
         time_calls(fn, [], batch_size=1)
 
 
+def test_time_interleaved_runs_one_call_of_each_per_round():
+    calls = []
+    inputs = [np.full(1, i, np.float32) for i in range(2)]
+    fns = {
+        "a": lambda x: calls.append(("a", float(x[0]))) or x,
+        "b": lambda x: calls.append(("b", float(x[0]))) or -x,
+    }
+    res = bench.time_interleaved(fns, inputs, batch_size=1, seconds=0.0, min_rounds=3, warmup=1)
+    assert calls == [("a", 0), ("b", 0), ("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 0), ("b", 0)]
+    assert res["a"][0].rounds == res["b"][0].rounds == 3
+    np.testing.assert_array_equal(res["b"][1][1], [-1])
+    assert res["a"][0].cpu_ms_per_image is None or res["a"][0].cpu_ms_per_image >= 0
+
+
 def test_cpu_flags_and_kernel_report():
     info = "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu sse4_2 avx2 fma avx512f avx512bw avx512_vnni amx_tile amx_int8\n"
     flags = cpu_flags(info)
@@ -203,7 +217,9 @@ def test_run_bench_with_an_onnx_only_model(tiny_dir, cells, tmp_path):
         dask=False,
         images=cells,
         cache_dir=tmp_path / "cache",
+        matmul_size=256,
     )
+    assert report["machine"]["matmul_gflops"] > 0
     inf = report["inference"]
     # no model.keras / model.int8.onnx: only the ORT fp32 rows, at batch 4 and 1
     assert [(r["backend"], r["batch_size"]) for r in inf] == [("ort_fp32", 4), ("ort_fp32", 1)]
