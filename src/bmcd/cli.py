@@ -779,6 +779,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bmcd {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `bmcd info DATA | head`: the reader went away; stop quietly like other CLI tools
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover
