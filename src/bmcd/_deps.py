@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 from .errors import MissingDependencyError
@@ -35,10 +36,14 @@ def optional_import(module: str, *, purpose: str | None = None) -> ModuleType:
     purpose : str, optional
         What the caller needs it for, used in the message.
     """
+    top = module.split(".")[0]
+    if top in ("tensorflow", "keras", "tf2onnx"):
+        # TensorFlow's C++ INFO/WARNING lines (oneDNN, CUDA probing, grappler sessions) drown
+        # bmcd's own output; errors still show. A value set by the user wins.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return importlib.import_module(module)
     except ImportError as exc:  # ModuleNotFoundError, or a blocked / broken install
-        top = module.split(".")[0]
         dist, extra = _PROVIDERS.get(top, (top, None))
         why = f" for {purpose}" if purpose else ""
         hint = install_hint(extra) if extra else f"pip install {dist}"

@@ -122,7 +122,9 @@ def run_demo(
 
     Steps: draw cells into ``out/data`` -> split by subject (60/20/20) -> train ``arch``
     from scratch -> evaluate on the held-out subjects -> write ``out/model`` (model.keras,
-    bmcd.json, report/). Nothing is tuned on the test subjects.
+    bmcd.json, report/) -> export to ONNX with the parity check -> int8 with its gate ->
+    score the held-out test files with ONNX Runtime into ``out/scores.csv`` and compare
+    with Keras. Nothing is tuned on the test subjects.
 
     Parameters
     ----------
@@ -145,7 +147,9 @@ def run_demo(
         ``out``, ``data_dir``, ``model_dir``, ``report_dir``, ``settings``, ``split``
         (the :class:`~bmcd.data.Split`), ``classifier``, ``report`` (test),
         ``validation_report``, ``metrics`` {test, validation} summaries, ``synthetic``
-        (True), ``seconds`` per step and in total.
+        (True), ``export`` (the fp32 parity record), ``int8`` (the int8 record, or None
+        when its gate failed), ``scoring`` (ScoreSummary), ``serving_agreement`` (ONNX vs
+        Keras on the test files), ``seconds`` per step and in total.
 
     Examples
     --------
@@ -179,7 +183,7 @@ def run_demo(
     say(_BANNER)
 
     t = time.perf_counter()
-    say(f"[1/4] drawing {2 * settings['n_per_class']} synthetic cells of "
+    say(f"[1/7] drawing {2 * settings['n_per_class']} synthetic cells of "
         f"{settings['n_subjects']} subjects into {data_dir}")
     make_cells(data_dir, n_per_class=settings["n_per_class"], n_subjects=settings["n_subjects"],
                seed=seed, progress=None if verbose else False)
@@ -191,9 +195,9 @@ def run_demo(
         f"{name} {len(part)} images / {len(part.subject_list())} subjects"
         for name, part in split.parts().items()
     )
-    say(f"[2/4] split by subject (no subject on two sides): {parts}")
+    say(f"[2/7] split by subject (no subject on two sides): {parts}")
 
-    say(f"[3/4] training {arch} from scratch (weights=None) at {settings['image_size']} px")
+    say(f"[3/7] training {arch} from scratch (weights=None) at {settings['image_size']} px")
     clf = Classifier(arch=arch, image_size=settings["image_size"], weights=None, seed=seed)
     result = train_and_evaluate(
         clf, split, model_dir, dataset_info={"synthetic": True, "name": "bmcd synthetic cells"},
@@ -202,16 +206,23 @@ def run_demo(
     )
     seconds.update(result["seconds"])
     report = result["report"]
-    say(f"[4/4] evaluated on the {len(split.test)} test images of held-out subjects "
+    say(f"[4/7] evaluated on the {len(split.test)} test images of held-out subjects "
         f"(threshold {clf.threshold_:g}, not tuned):")
     say("")
     say(report.to_markdown())
     say("")
+
+    serving = _export_quantize_score(
+        clf, split, out, model_dir, precision="int8", say=say, seconds=seconds
+    )
+
     seconds["total"] = round(time.perf_counter() - t_start, 2)
     say(_BANNER)
     say("SYNTHETIC data: these scores are a pipeline check, not a medical result.")
-    say(f"model:  {model_dir}  (bmcd.json, model.keras)")
+    files = "bmcd.json, model.keras, model.onnx" + (", model.int8.onnx" if serving["int8"] else "")
+    say(f"model:  {model_dir}  ({files})")
     say(f"report: {result['report_dir'] / 'report.html'}")
+    say(f"scores: {serving['scores_csv']}")
     say(f"time:   {seconds['total']:.0f} s")
     say("For real C-NMC 2019 data (ImageNet weights, downloaded once):")
     say(f"    {REAL_DATA_COMMAND}")
@@ -232,5 +243,83 @@ def run_demo(
                            if result["validation_report"] is not None else None),
         },
         "synthetic": True,
+        "export": serving["export"],
+        "int8": serving["int8"],
+        "scoring": serving["scoring"],
+        "serving_agreement": serving["agreement"],
         "seconds": seconds,
+    }
+
+
+def _export_quantize_score(clf, split, out: Path, model_dir: Path, *, precision: str, say,
+                           seconds: dict[str, float]) -> dict[str, Any]:
+    """Demo steps 5-7: export with parity check, int8 with its gate, score the test cells.
+
+    The held-out test subjects are scored from their files by ONNX Runtime
+    (:func:`bmcd.scoring.score`), and the result is compared with the Keras model's own
+    probabilities on the same files, so the demo shows end to end that serving agrees with
+    training.
+    """
+    import csv
+
+    import numpy as np
+
+    from .errors import ExportValidationError
+    from .exporters.onnx import export_onnx, quantize_int8
+    from .scoring import score
+
+    t = time.perf_counter()
+    say(f"[5/7] exporting to ONNX, checked against Keras on the {len(split.val)} validation "
+        f"images")
+    exp = export_onnx(model_dir, samples=split.val)
+    par = exp["parity"]
+    say(f"      fp32 parity: max |p_keras - p_onnx| = {par['max_abs_diff']:.2e} (limit "
+        f"{par.get('atol', 1e-4):g}), labels identical on {par['label_agreement']:.0%} of "
+        f"{par['n']} images")
+    seconds["export"] = round(time.perf_counter() - t, 2)
+
+    t = time.perf_counter()
+    say(f"[6/7] int8 quantization, calibrated on {len(split.train)} training images, gated "
+        f"on the validation images")
+    int8: dict[str, Any] | None
+    try:
+        int8 = quantize_int8(model_dir, calibration=split.train, validation=split.val)
+        gate = int8["gate"]
+        auc = (f", ROC-AUC {gate['roc_auc_fp32']:.4f} -> {gate['roc_auc_int8']:.4f}"
+               if "roc_auc_int8" in gate else "")
+        say(f"      int8 gate passed: label agreement {gate['label_agreement']:.2%} with fp32"
+            f"{auc}")
+    except ExportValidationError as exc:  # the demo goes on with the fp32 model
+        int8, precision = None, "fp32"
+        say(f"      int8 gate FAILED, scoring with fp32 instead: {exc}")
+    seconds["int8"] = round(time.perf_counter() - t, 2)
+
+    t = time.perf_counter()
+    scores_csv = out / "scores.csv"
+    scores_csv.unlink(missing_ok=True)  # the demo owns its output folder
+    test_paths = [str(p) for p in split.test.paths]
+    say(f"[7/7] scoring the {len(test_paths)} held-out test files with ONNX Runtime "
+        f"({precision}) -> {scores_csv}")
+    summary = score(model_dir, test_paths, scores_csv, precision=precision, progress=False)
+    with open(scores_csv, newline="") as f:
+        rows = {r["path"]: r for r in csv.DictReader(f)}
+    p_onnx = np.array([float(rows[p]["p_all"]) for p in test_paths])
+    p_keras = clf.predict_proba(test_paths)[:, 1]
+    thr = clf.threshold_
+    agreement = {
+        "precision": precision,
+        "n": len(test_paths),
+        "max_abs_diff": float(np.max(np.abs(p_onnx - p_keras))),
+        "label_agreement": float(np.mean((p_onnx >= thr) == (p_keras >= thr))),
+    }
+    say(f"      {summary}")
+    say(f"      ONNX Runtime {precision} vs Keras on these files: max |dp| = "
+        f"{agreement['max_abs_diff']:.2e}, same label on {agreement['label_agreement']:.1%}")
+    seconds["score"] = round(time.perf_counter() - t, 2)
+    return {
+        "export": exp,
+        "int8": int8,
+        "scoring": summary,
+        "agreement": agreement,
+        "scores_csv": scores_csv,
     }
