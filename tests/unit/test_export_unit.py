@@ -367,8 +367,12 @@ def test_quantize_int8_writes_a_gated_self_describing_file(conv_dir, cells):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     props = {p.key: p.value for p in q.metadata_props}
     assert parse_onnx_metadata(props)["arch"] == "tiny-conv" and props["precision"] == "int8"
-    # first conv and head stay float: the first Conv reads the float image, Sigmoid is last
+    # the head stays float (Sigmoid is last, not followed by Q/DQ); the first try (every
+    # convolution int8) passed, so there was no second one
     assert q.graph.node[-1].op_type == "Sigmoid"
+    assert stored["float_nodes"] == {"head": True, "first_conv": False}
+    assert [a["first_conv_float"] for a in stored["attempts"]] == [False]
+    assert _float_weight_convs(q) == 0
 
     be = OnnxRuntimeBackend.load(out)  # bare file: config from metadata alone
     x = np.random.default_rng(0).uniform(0, 255, (5, S, S, 3)).astype(np.float32)
@@ -376,6 +380,21 @@ def test_quantize_int8_writes_a_gated_self_describing_file(conv_dir, cells):
     p1 = np.concatenate([be.predict_batch(x[i : i + 1]) for i in range(5)])
     np.testing.assert_allclose(p5, p1, atol=1e-6)
     assert OnnxRuntimeBackend.load(conv_dir, precision="int8").predict_batch(x).shape == (5,)
+
+
+def _float_weight_convs(model) -> int:
+    """Conv nodes whose weight is a plain float initializer (not dequantized int8)."""
+    inits = {t.name for t in model.graph.initializer}
+    return sum(1 for n in model.graph.node if n.op_type == "Conv" and n.input[1] in inits)
+
+
+def test_first_conv_can_be_kept_float(conv_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the gate is not the point here
+        rec = ex.quantize_int8(conv_dir, n=100, n_validation=40, keep_first_conv_float=True,
+                               force=True)
+    assert rec["float_nodes"]["first_conv"] is True and len(rec["attempts"]) == 1
+    assert _float_weight_convs(onnx.load(rec["path"])) == 1
 
 
 def test_int8_gate_failure_keeps_no_file_unless_forced(conv_dir):
@@ -386,7 +405,9 @@ def test_int8_gate_failure_keeps_no_file_unless_forced(conv_dir):
                          min_label_agreement=1.01)  # impossible on purpose
     d = err.value.details
     assert d["passed"] is False and d["n"] == 40 and "label_agreement" in d
+    assert [a["first_conv_float"] for a in d["attempts"]] == [False, True]  # both tried
     assert "need >= 1.01" in str(err.value) and "force=True" in str(err.value)
+    assert "best of 2 tries" in str(err.value)
     assert not (conv_dir / ONNX_INT8_FILE).exists() and not _leftovers(conv_dir)
     assert read_model_json(conv_dir)["exports"].get("onnx_int8") == before
 
@@ -394,6 +415,7 @@ def test_int8_gate_failure_keeps_no_file_unless_forced(conv_dir):
         rec = ex.quantize_int8(conv_dir, n=100, n_validation=40, force=True,
                                min_label_agreement=1.01)
     assert rec["forced"] is True and rec["gate"]["passed"] is False
+    assert len(rec["attempts"]) == 2
     assert (conv_dir / ONNX_INT8_FILE).is_file()
     assert read_model_json(conv_dir)["exports"]["onnx_int8"]["forced"] is True
 
