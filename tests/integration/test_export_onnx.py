@@ -147,6 +147,8 @@ def _tmp_files(d: Path) -> list[str]:
 def test_fp32_parity_on_synthetic_cells(exported):
     rec = exported["fp32"]
     par = rec["parity"]
+    print(f"\n{exported['arch']} fp32 parity ({exported['size']} px, synthetic): "
+          f"max |dp| {par['max_abs_diff']:.3g}, mean {par['mean_abs_diff']:.3g}")
     assert par["passed"] and par["n"] == ex.DEFAULT_PARITY_SAMPLES
     assert par["max_abs_diff"] <= 1e-4 and par["label_disagreements"] == 0
     assert par["label_agreement"] == 1.0 and par["batch_sizes"] == [16, 32]
@@ -198,6 +200,8 @@ def test_batch_axis_is_dynamic(exported, synthetic_small):
 def test_fp32_parity_on_real_cnmc_images(exported, cnmc_sample_files):
     x = preprocess_batch(cnmc_sample_files, PreprocessConfig(image_size=exported["size"]))
     rec = ex.validate_parity(exported["keras"], exported["dir"] / ONNX_FILE, x, batch_size=8)
+    print(f"\n{exported['arch']} fp32 parity ({exported['size']} px, {rec['n']} real images): "
+          f"max |dp| {rec['max_abs_diff']:.3g}, mean {rec['mean_abs_diff']:.3g}")
     assert rec["passed"] and rec["n"] == len(cnmc_sample_files)
     assert rec["max_abs_diff"] <= 1e-4 and rec["label_disagreements"] == 0
 

@@ -23,8 +23,9 @@ input, and the RGB->BGR flip of its in-graph caffe scaling), both on the 3-chann
 only. ONNX Runtime's optimised graphs keep that count (its NCHWc layout transformer adds
 Reorder nodes instead). ``inputs_as_nchw`` removes the input Transpose, but keeping the
 NHWC input contract means putting the same Transpose back in front: the optimised graph
-is the same and so is the speed (MobileNetV2, batch 32, 2 threads: 51.5 vs 52.8 images/s,
-medians of 16 interleaved runs). The plain conversion is kept (:data:`INPUT_LAYOUT`).
+is the same, and so is the speed within noise (MobileNetV2, batch 32, 2 threads, three
+runs of 16-25 interleaved batches: 170 vs 164, 52 vs 53 and 62 vs 68 images/s, the machine
+being shared). The plain conversion is kept (:data:`INPUT_LAYOUT`).
 """
 
 from __future__ import annotations
@@ -989,8 +990,9 @@ def quantize_int8(
     quant_format : {"QDQ", "QOperator"}
         QDQ (default): QuantizeLinear/DequantizeLinear pairs around float ops, which
         onnxruntime fuses into integer kernels; the format onnxruntime recommends, portable to
-        other runtimes. QOperator: QLinearConv & co. directly (measured slightly faster for
-        ResNet50 on x86, see the project notes).
+        other runtimes. QOperator: QLinearConv & co. written directly; measured ~6% faster
+        for ResNet50 at 224 px with every convolution int8 (74 vs 70 images/s, best of 16),
+        within the noise of this shared machine, so QDQ stays the default.
     validation : None, Dataset, folder, list of images or preprocessed array
         Images for the gate; labels (from a Dataset or labelled folder) enable the ROC-AUC
         and F1 parts. Default: :data:`DEFAULT_INT8_VALIDATION` held-out synthetic cells
