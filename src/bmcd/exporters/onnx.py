@@ -1010,7 +1010,7 @@ def quantize_int8(
         Keep the first convolution in float, so the image itself is not quantized (for
         ResNet50 an 8-bit step of the mean-subtracted input is ~1 gray level): the usual
         "first layer in higher precision" recipe. It lowers the int8 error (measured mean
-        |dp| 0.018 -> 0.011 on a small ResNet50) but costs speed (ResNet50 at 224 px: 52 vs
+        max abs change of p 0.018 -> 0.011 on a small ResNet50) but costs speed (ResNet50 at 224 px: 52 vs
         70 images/s; MobileNetV2: 307 vs 341, best of 16-25 runs). None (default): first
         quantize every convolution, and only if that fails the gate, retry with the first
         one in float (calibration is reused) and keep the first model that passes.
