@@ -55,8 +55,8 @@ def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
     machine_info["bmcd"] = bmcd_machine_info()
 
 
-#: Suites run in this order: model-only inference before end to end, so the end-to-end
-#: ratios use the model-only numbers of the same session.
+#: Suites run in this order (cheap to expensive, model-only before end to end), whatever
+#: the file names' alphabetical order.
 SUITE_ORDER = ("bench_preprocessing", "bench_inference", "bench_end_to_end", "bench_footprint")
 
 
