@@ -1200,7 +1200,10 @@ def run_bench(
         del predictors
 
     report["machine"] = machine_info()
-    report["machine"]["matmul_gflops"] = gflops
+    # the machine's speed can drift (shared hosts): the ceiling is the faster of two tries
+    gflops_end = matmul_gflops(matmul_size)
+    report["machine"]["matmul_gflops"] = max(gflops, gflops_end)
+    report["machine"]["matmul_gflops_start_end"] = [round(gflops, 1), round(gflops_end, 1)]
     report["contention"] = {
         "loadavg_start": load_start,
         "loadavg_end": _loadavg(),
@@ -1357,8 +1360,8 @@ def format_report(report: dict[str, Any]) -> str:
                     f"{100 * f['images_per_second'] / ceiling:.0f}%)"
                 )
         lines.append(
-            f"fp32 ceiling from a {gflops:.0f} GFLOP/s float32 matmul in this run: "
-            + "; ".join(notes)
+            f"fp32 ceiling from a {gflops:.0f} GFLOP/s float32 matmul (best of the start "
+            f"and the end of this run: {m.get('matmul_gflops_start_end')}): " + "; ".join(notes)
         )
     if report["end_to_end"]:
         n = report["settings"]["n_files"]

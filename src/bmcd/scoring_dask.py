@@ -64,6 +64,7 @@ def worker_backend(spec: dict[str, Any]):
                 spec["meta"],
                 precision=spec["precision"],
                 intra_op_threads=threads,
+                allow_spinning=False,  # waiting threads leave the cores to preprocessing
             )
             _WORKER_BACKENDS[key] = backend
     return backend
