@@ -433,13 +433,17 @@ def time_interleaved(
     min_rounds: int = 3,
     max_rounds: int = 10_000,
     warmup: int = 1,
+    settle: float = 0.02,
 ) -> dict[str, tuple[Timing, dict[int, Any]]]:
     """Like :func:`time_calls` for several functions, one call of each per round.
 
     Round ``r`` calls every function in turn on input ``r % len(inputs)``. Rounds go on
     until ``seconds`` have passed in total (at least ``min_rounds``). Side by side like this,
     load from other processes falls on all functions alike, which keeps their ratios
-    meaningful on a shared machine. Returns ``{name: (timing, outputs)}``.
+    meaningful on a shared machine. Before each timed call the loop sleeps ``settle``
+    seconds (untimed), so that threads the previous backend left spinning (ONNX Runtime and
+    TensorFlow thread pools spin briefly before they sleep) do not slow the next one.
+    Returns ``{name: (timing, outputs)}``.
     """
     if not inputs:
         raise ValueError("time_interleaved needs at least one input.")
@@ -454,6 +458,8 @@ def time_interleaved(
     while r < max_rounds and (r < min_rounds or time.perf_counter() - start < seconds):
         i = r % n
         for name, fn in fns.items():
+            if settle > 0 and len(fns) > 1:
+                time.sleep(settle)
             c0 = process_cpu_seconds()
             t0 = time.perf_counter()
             y = fn(inputs[i])
