@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._version import __version__
@@ -37,6 +38,10 @@ __all__ = [
     "ONNX_METADATA_KEY",
     "CLASSES",
     "POSITIVE_CLASS",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "ModelMeta",
+    "read_model_meta",
     "new_model_json",
     "validate_model_json",
     "read_model_json",
@@ -58,6 +63,12 @@ ONNX_METADATA_KEY = "bmcd"
 #: Class order everywhere in bmcd: column 1 of predict_proba is p(all); label 1 = "all".
 CLASSES = ("hem", "all")
 POSITIVE_CLASS = "all"
+
+#: Name of the model's input tensor (float32 RGB in [0, 255], shape (batch, S, S, 3)), in
+#: Keras and in every exported ONNX file.
+INPUT_NAME = "image"
+#: Name of the model's output tensor: p(all), shape (batch, 1).
+OUTPUT_NAME = "p_all"
 
 _REQUIRED = (
     "schema_version",
@@ -176,6 +187,113 @@ def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFormatError(f"'{path}' is not valid JSON: {exc}.") from exc
     return validate_model_json(meta, source=str(path))
+
+
+@dataclass
+class ModelMeta:
+    """The typed view of a ``bmcd.json`` document.
+
+    Build one with :meth:`from_dict` (validates) or :func:`read_model_meta`; turn it back
+    into the JSON document with :meth:`to_dict`. The optional sections (``training``,
+    ``metrics``, ``exports``) stay plain dictionaries: their content grows with bmcd.
+
+    Examples
+    --------
+    >>> from bmcd.preprocessing import PreprocessConfig
+    >>> meta = ModelMeta.new(arch="mobilenet_v2", preprocess=PreprocessConfig(image_size=96))
+    >>> meta.image_size, meta.classes, meta.threshold
+    (96, ('hem', 'all'), 0.5)
+    """
+
+    arch: str
+    preprocess: PreprocessConfig
+    threshold: float = 0.5
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    exports: dict[str, Any] = field(default_factory=dict)
+    bmcd_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+    classes: tuple[str, str] = CLASSES
+    positive_class: str = POSITIVE_CLASS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square network input, in pixels (``preprocess.image_size``)."""
+        return self.preprocess.image_size
+
+    @classmethod
+    def new(cls, *, arch: str, preprocess: PreprocessConfig, threshold: float = 0.5,
+            training: dict | None = None, metrics: dict | None = None,
+            exports: dict | None = None) -> ModelMeta:
+        """A fresh document for the running bmcd version (validated)."""
+        return cls.from_dict(new_model_json(arch=arch, preprocess=preprocess,
+                                            threshold=threshold, training=training,
+                                            metrics=metrics, exports=exports))
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str = MODEL_JSON) -> ModelMeta:
+        """Validate a ``bmcd.json`` document and return its typed view.
+
+        Raises
+        ------
+        ModelFormatError
+            The document is not valid (see :func:`validate_model_json`).
+        """
+        doc = validate_model_json(dict(doc) if isinstance(doc, dict) else doc, source=source)
+        known = set(_REQUIRED) | {"training", "metrics", "exports"}
+        return cls(
+            arch=doc["arch"],
+            preprocess=PreprocessConfig.from_dict(doc["preprocess"]),
+            threshold=float(doc["threshold"]),
+            training=dict(doc["training"]),
+            metrics=dict(doc["metrics"]),
+            exports=dict(doc["exports"]),
+            bmcd_version=str(doc["bmcd_version"]),
+            schema_version=int(doc["schema_version"]),
+            classes=tuple(doc["classes"]),
+            positive_class=doc["positive_class"],
+            extra={k: v for k, v in doc.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (key order as written to ``bmcd.json``)."""
+        doc = {
+            "schema_version": self.schema_version,
+            "bmcd_version": self.bmcd_version,
+            "arch": self.arch,
+            "image_size": self.image_size,
+            "classes": list(self.classes),
+            "positive_class": self.positive_class,
+            "threshold": float(self.threshold),
+            "preprocess": self.preprocess.to_dict(),
+            "training": dict(self.training),
+            "metrics": dict(self.metrics),
+            "exports": dict(self.exports),
+        }
+        doc.update(self.extra)
+        return doc
+
+    def write(self, model_dir: str | os.PathLike) -> Path:
+        """Validate and write ``model_dir/bmcd.json`` atomically; return its path."""
+        return write_model_json(model_dir, self.to_dict())
+
+    @classmethod
+    def read(cls, model_dir: str | os.PathLike) -> ModelMeta:
+        """Read and validate ``model_dir/bmcd.json`` (see :func:`read_model_meta`)."""
+        return read_model_meta(model_dir)
+
+
+def read_model_meta(model_dir: str | os.PathLike) -> ModelMeta:
+    """Read and validate ``model_dir/bmcd.json`` into a :class:`ModelMeta`.
+
+    Raises
+    ------
+    ModelFormatError
+        The directory or file is missing, is not JSON, or fails validation.
+    """
+    return ModelMeta.from_dict(read_model_json(model_dir),
+                               source=str(Path(model_dir) / MODEL_JSON))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .errors import BmcdError
+from .errors import BenchError, BmcdError
 from .preprocessing import IMAGE_EXTENSIONS, PreprocessConfig, default_workers, preprocess_batch
 
 __all__ = [
@@ -148,10 +148,6 @@ TARGETS: tuple[dict[str, Any], ...] = (
 #: scales with the square of the image side). Used to put fp32 throughput next to the
 #: machine's measured matmul rate.
 MODEL_GFLOP_224 = {"resnet50": 7.7, "mobilenet_v2": 0.6}
-
-
-class BenchError(BmcdError, RuntimeError):
-    """A benchmark could not run, or a backend gave a wrong answer (parity failure)."""
 
 
 # ---------------------------------------------------------------------------------------

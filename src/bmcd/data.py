@@ -24,13 +24,14 @@ import hashlib
 import os
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .artifact import CLASSES
 from .errors import DatasetError
 from .preprocessing import IMAGE_EXTENSIONS
 
@@ -49,10 +50,9 @@ __all__ = [
     "balance_augment",
     "apply_transform",
     "class_weights",
+    "is_image_file",
+    "iter_image_files",
 ]
-
-#: Class names in label order: label 0 = "hem" (normal), label 1 = "all" (leukemic).
-CLASSES = ("hem", "all")
 
 #: Geometric transforms used to oversample the minority class (originals get "none").
 TRANSFORMS = ("flip_h", "flip_v", "rot90", "rot180", "rot270")
@@ -375,29 +375,73 @@ class Dataset:
 # ----------------------------------------------------------------------------------------
 
 
-def _is_image(name: str) -> bool:
+def is_image_file(name: str) -> bool:
+    """True for a visible file name with one of :data:`~bmcd.preprocessing.IMAGE_EXTENSIONS`."""
+    name = os.path.basename(name)
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def iter_image_files(folder: str | os.PathLike) -> Iterator[str]:
+    """Image files under ``folder``, recursively, streamed: the one folder walker of bmcd.
+
+    Hidden files and folders (names starting with ``.``) are skipped. Within a folder, the
+    image files come first in name order, then each subfolder in name order (depth first),
+    so the order is stable across runs and machines. Symbolic links to folders are followed
+    once: a link that leads back to a folder already being walked is skipped with a warning
+    instead of looping.
+
+    Raises
+    ------
+    DatasetError
+        ``folder`` (or a folder below it) cannot be listed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("b.png", "a.bmp", ".hidden.bmp", "notes.txt"):
+    ...     _ = (d / name).write_bytes(b"")
+    >>> [pathlib.Path(p).name for p in iter_image_files(d)]
+    ['a.bmp', 'b.png']
+    """
+    yield from _walk(os.fspath(folder), ancestors=())
+
+
+def _walk(folder: str, ancestors: tuple[tuple[int, int], ...]) -> Iterator[str]:
+    try:
+        st = os.stat(folder)
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise DatasetError(
+            f"Cannot list folder '{folder}': {exc.strerror or exc}. Check that it exists and "
+            f"is readable."
+        ) from exc
+    here = (st.st_dev, st.st_ino)
+    if here in ancestors:
+        warnings.warn(
+            f"Skipping '{folder}': a symbolic link loop (it leads back to a folder above it).",
+            stacklevel=3,
+        )
+        return
+    subdirs = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir()
+        except OSError:  # e.g. ELOOP on a self-referencing link
+            is_dir = False
+        if is_dir:
+            subdirs.append(entry.path)
+        elif is_image_file(entry.name):
+            yield entry.path
+    for sub in subdirs:
+        yield from _walk(sub, ancestors + (here,))
 
 
 def _scan_images(folder: str) -> list[str]:
     """Image files under ``folder`` (recursive, hidden entries skipped), sorted."""
-    found: list[str] = []
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        try:
-            entries = list(os.scandir(current))
-        except OSError as exc:
-            raise DatasetError(f"Cannot list folder '{current}': {exc}.") from exc
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                stack.append(entry.path)
-            elif _is_image(entry.name):
-                found.append(entry.path)
-    found.sort()
-    return found
+    return sorted(iter_image_files(folder))
 
 
 def _subdirs(folder: str) -> list[os.DirEntry]:
@@ -656,7 +700,7 @@ def load_dataset(source: str | os.PathLike | Dataset | tuple) -> Dataset:
         return _load_manifest(manifests[0])
 
     found = [e.name for e in subdirs]
-    n_images = sum(1 for e in os.scandir(path) if e.is_file() and _is_image(e.name))
+    n_images = sum(1 for e in os.scandir(path) if e.is_file() and is_image_file(e.name))
     what = (
         f"subfolders {_listing(found)}" if found else "no subfolders"
     ) + (f" and {n_images} loose image(s)" if n_images else "")

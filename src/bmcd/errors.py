@@ -18,6 +18,9 @@ __all__ = [
     "MissingDependencyError",
     "WeightsUnavailableError",
     "SchedulerUnavailableError",
+    "ConfigError",
+    "OutputExistsError",
+    "BenchError",
 ]
 
 
@@ -75,3 +78,15 @@ class WeightsUnavailableError(BmcdError, RuntimeError):
 
 class SchedulerUnavailableError(BmcdError, ConnectionError):
     """A distributed scheduler could not be reached."""
+
+
+class ConfigError(BmcdError, ValueError):
+    """An argument or configuration value is invalid (wrong type, out of range, unknown name)."""
+
+
+class OutputExistsError(BmcdError, FileExistsError):
+    """The output file exists and neither ``resume`` nor a new path was given."""
+
+
+class BenchError(BmcdError, RuntimeError):
+    """A benchmark could not run, or a backend gave a wrong answer (parity failure)."""

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BmcdError, DatasetError, ImageReadError
+from .errors import BmcdError, DatasetError, ImageReadError, OutputExistsError
 from .preprocessing import IMAGE_EXTENSIONS, PreprocessConfig, default_workers, preprocess
 
 __all__ = [
@@ -73,10 +73,6 @@ ENGINES = ("local", "dask")
 
 # One scored row before formatting: (path, p_all or None, error or None)
 _Row = tuple[str, float | None, str | None]
-
-
-class OutputExistsError(BmcdError, FileExistsError):
-    """The output file exists and neither ``resume`` nor a new path was given."""
 
 
 @dataclass
