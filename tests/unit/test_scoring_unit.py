@@ -17,13 +17,13 @@ from bmcd.scoring import (
     OUTPUT_COLUMNS,
     PREFETCH_CHUNKS,
     OutputExistsError,
-    _CsvSink,
-    _Pipeline,
-    _prepare_output,
     iter_inputs,
     read_scored_paths,
     score,
 )
+from bmcd.scoring._pipeline import Pipeline as _Pipeline
+from bmcd.scoring._sink import CsvSink as _CsvSink
+from bmcd.scoring._sink import prepare_output as _prepare_output
 
 HEADER = ",".join(OUTPUT_COLUMNS) + "\n"
 
@@ -238,7 +238,7 @@ def test_dask_engine_without_scale_extra(monkeypatch, tiny_onnx_model_dir, small
 
 
 def test_preflight_names_an_unreadable_path_and_plans_threads():
-    from bmcd.scoring_dask import _preflight, probe_worker
+    from bmcd.scoring.dask import _preflight, probe_worker
 
     class FakeClient:
         def __init__(self, probes, nthreads):

@@ -12,6 +12,10 @@ ONNX Runtime gets ``host cores // Dask threads on that host`` intra-op threads, 
 workers x threads does not oversubscribe a machine.
 
 Needs the ``scale`` extra (``dask[distributed]``); every ``distributed`` import is lazy.
+This module shares the pipeline, the CSV sink and the input listing with the local
+engine and never imports it (docs/architecture.rst). Although it is named
+``bmcd.scoring.dask``, ``import dask`` anywhere (here included) still means the
+top-level Dask package: Python 3 imports are absolute.
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from ._deps import optional_import
-from .errors import BmcdError, DatasetError, SchedulerUnavailableError
-from .preprocessing import PreprocessConfig, default_workers
+from .._deps import optional_import
+from ..artifact import ModelMeta
+from ..errors import BmcdError, DatasetError, SchedulerUnavailableError
+from ..preprocessing import default_workers
+from ..runtimes.onnx import OnnxRuntimeBackend
+from ._pipeline import Pipeline, Row, batched, progress_bar
+from ._sink import CsvSink
 
 __all__ = ["run_dask", "score_partition", "probe_worker", "worker_backend", "PREFLIGHT_SAMPLE"]
 
@@ -46,14 +54,12 @@ _WORKER_LOCK = threading.Lock()
 # ---------------------------------------------------------------------------------------
 
 
-def worker_backend(spec: dict[str, Any]):
+def worker_backend(spec: dict[str, Any]) -> OnnxRuntimeBackend:
     """This process's ONNX Runtime backend for ``spec``, created on first use.
 
     The cache key includes the model file's mtime and size, so a long-lived worker picks
     up a re-exported model instead of serving a stale session.
     """
-    from .runtimes.onnx import OnnxRuntimeBackend
-
     threads = spec["threads"] or spec["threads_by_host"].get(socket.gethostname(), 1)
     key = (spec["model_file"], spec["precision"], threads, spec["stamp"])
     with _WORKER_LOCK:
@@ -74,13 +80,11 @@ def score_partition(
     spec: dict[str, Any], paths: list[str], batch_size: int
 ) -> list[tuple[float | None, str | None]]:
     """Score one partition on a worker: ``(p_all, None)`` or ``(None, error)`` per path."""
-    from .scoring import _Pipeline
-
     backend = worker_backend(spec)
-    config = PreprocessConfig.from_dict(backend.meta["preprocess"])
+    config = ModelMeta.from_dict(backend.meta).preprocess
     # one preprocessing thread: it overlaps this task thread's inference, and the
     # cluster's parallelism comes from its workers
-    pipe = _Pipeline(backend.predict_batch, config, batch_size=batch_size, workers=1)
+    pipe = Pipeline(backend.predict_batch, config, batch_size=batch_size, workers=1)
     out: list[tuple[float | None, str | None]] = []
     for rows in pipe.run(paths):
         out.extend((p, err) for _, p, err in rows)
@@ -109,7 +113,7 @@ def probe_worker(paths: list[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
-def _rows(paths: list[str], results: list[tuple[float | None, str | None]]) -> list:
+def _rows(paths: list[str], results: list[tuple[float | None, str | None]]) -> list[Row]:
     """Rows for the sink; error messages name the path as given, like the local engine."""
     rows = []
     for path, (p, err) in zip(paths, results, strict=True):
@@ -186,9 +190,9 @@ def _preflight(client, sample: list[str]) -> dict[str, int]:
 
 
 def run_dask(
-    backend: Any,
+    backend: OnnxRuntimeBackend,
     paths: Iterator[str],
-    sink: Any,
+    sink: CsvSink,
     *,
     batch_size: int,
     partition_size: int,
@@ -205,9 +209,7 @@ def run_dask(
     and a dict of details (workers, threads per host).
     """
     distributed = optional_import("distributed", purpose="engine='dask'")
-    from .scoring import _batched, _progress
-
-    partitions = enumerate(_batched(paths, partition_size))
+    partitions = enumerate(batched(paths, partition_size))
     first = next(partitions, None)
     if first is None:  # nothing left to score: don't start a cluster
         return 0, {}
@@ -268,7 +270,7 @@ def run_dask(
 
         t0 = time.perf_counter()
         fill()
-        with _progress(progress, "part", "scoring (dask)") as bar:
+        with progress_bar(progress, "part", "scoring (dask)") as bar:
             for fut in ac:
                 idx, part_paths, _ = submitted.pop(fut.key)
                 try:
