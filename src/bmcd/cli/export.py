@@ -1,0 +1,90 @@
+"""The ``bmcd export``: Keras to ONNX, optionally int8 (docs/cli.rst)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import EXIT_OK
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the export subcommand (in this order)."""
+    _add_export(sub)
+
+
+def _nonneg_float_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, received {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, received {text}")
+    return value
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a trained model to ONNX (checked against Keras), optionally int8",
+        description=(
+            "Convert MODEL/model.keras to MODEL/model.onnx with tf2onnx, check it against "
+            "Keras on preprocessed images (max |p_keras - p_onnx| and labels, at two batch "
+            "sizes), and record the numbers in MODEL/bmcd.json. With --int8, also write "
+            "MODEL/model.int8.onnx (ONNX Runtime static QDQ quantization) and gate it against "
+            "the fp32 model. A check that fails writes no file and exits with status 1."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory (bmcd.json + model.keras)")
+    p.add_argument("--int8", action="store_true", help="also quantize to model.int8.onnx")
+    p.add_argument("--opset", type=int, default=None, metavar="N",
+                   help="ONNX opset (default: 17, checked against the installed onnxruntime)")
+    p.add_argument("--samples", metavar="DIR", default=None,
+                   help="images for the parity check and the int8 gate: a dataset folder or "
+                   "CSV manifest (labels enable the ROC-AUC gate) or any folder of images "
+                   "(default: synthetic cells made on the fly)")
+    p.add_argument("--atol", type=_nonneg_float_arg, default=None, metavar="X",
+                   help="largest accepted |p_keras - p_onnx| (default: 1e-4)")
+    p.add_argument("--calibration", metavar="DIR", default=None,
+                   help="int8 calibration images, ideally the training set (default: 200 "
+                   "synthetic cells)")
+    p.add_argument("--force", action="store_true",
+                   help="keep model.int8.onnx even if it fails its gate (recorded as forced)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner quiet
+    from ..exporters.onnx import FP32_ATOL, export_onnx, quantize_int8
+
+    atol = FP32_ATOL if args.atol is None else args.atol
+    rec = export_onnx(args.model, opset=args.opset, samples=args.samples, atol=atol)
+    par = rec["parity"]
+    print(f"wrote {rec['path']} (opset {rec['opset']}, IR {rec['ir_version']}, "
+          f"{rec['bytes'] / 1e6:.1f} MB, sha256 {rec['sha256'][:16]})")
+    print(f"parity vs Keras on {par['n']} images [{rec['samples']}], batch sizes "
+          f"{'/'.join(map(str, par['batch_sizes']))}:")
+    print(f"  max |p_keras - p_onnx| = {par['max_abs_diff']:.3g} (atol {par['atol']:g}), "
+          f"mean {par['mean_abs_diff']:.3g}; labels identical "
+          f"{par['n'] - par['label_disagreements']}/{par['n']} at threshold {par['threshold']:g}")
+    if args.int8:
+        q = quantize_int8(args.model, calibration=args.calibration, validation=args.samples,
+                          force=args.force)
+        g = q["gate"]
+        print(f"wrote {q['path']} ({q['quant_format']}, "
+              f"{'per-channel' if q['per_channel'] else 'per-tensor'} int8, "
+              f"{q['bytes'] / 1e6:.1f} MB), calibrated on {q['calibration']['n']} images "
+              f"[{q['calibration']['source']}]")
+        print(f"int8 gate vs fp32 on {g['n']} images [{q['validation']}]:")
+        print(f"  label agreement {g['label_agreement']:.4f} (need >= "
+              f"{g['min_label_agreement']:g}); max |dp| {g['max_abs_diff']:.3g}, "
+              f"mean {g['mean_abs_diff']:.3g}")
+        if "roc_auc_change" in g:
+            print(f"  ROC-AUC {g['roc_auc_fp32']:.4f} -> {g['roc_auc_int8']:.4f} (change "
+                  f"{g['roc_auc_change']:+.4f}, limit {g['max_auc_change']:g}); weighted F1 "
+                  f"{g['f1_weighted_fp32']:.4f} -> {g['f1_weighted_int8']:.4f} (change "
+                  f"{g['f1_weighted_change']:+.4f})")
+        if q["forced"]:
+            print("  GATE FAILED: file kept because of --force (recorded as forced)")
+    return EXIT_OK

@@ -1,0 +1,286 @@
+"""The model commands: ``bmcd train``, ``bmcd evaluate``, ``bmcd predict``, ``bmcd demo`` (docs/cli.rst)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import BmcdError
+from ._common import EXIT_OK, EXIT_PARTIAL
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the train, evaluate, predict, demo subcommands (in this order)."""
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_predict(sub)
+    _add_demo(sub)
+
+
+def _weights_arg(text: str) -> str | None:
+    return None if text.lower() == "none" else text
+
+
+def _balance_arg(text: str) -> str | None:
+    if text.lower() == "none":
+        return None
+    if text not in ("augment", "class_weight"):
+        raise argparse.ArgumentTypeError(
+            f"expected augment, class_weight or none; received {text!r}"
+        )
+    return text
+
+
+def _fraction_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1); received {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1); received {text!r}")
+    return value
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    from ..runtimes import available_backends
+
+    p.add_argument("--backend", default="keras", choices=available_backends(),
+                   help="inference backend (default: keras; onnx needs an exported model)")
+    p.add_argument("--int8", action="store_true",
+                   help="use the int8-quantised ONNX model (with --backend onnx)")
+
+
+def _load_classifier(args: argparse.Namespace):
+    from ..classifier import Classifier
+
+    options = {}
+    if args.int8:
+        if args.backend != "onnx":
+            raise BmcdError("--int8 needs --backend onnx (the Keras model is float32).")
+        options["precision"] = "int8"
+    return Classifier.load(args.model, backend=args.backend, **options)
+
+
+# ---------------------------------------------------------------------------------------
+# training settings of ``bmcd train``: flags and the keyword arguments they become.
+# MERGE NOTE: these two functions are the place to swap in bmcd.training.TrainConfig
+# (TrainConfig.add_arguments(p) / TrainConfig.from_namespace(args)) once it exists; the
+# flags, their order, defaults and help texts must stay as they are (docs/cli.rst).
+# ---------------------------------------------------------------------------------------
+
+
+def _add_training_settings(p: argparse.ArgumentParser) -> None:
+    """Declare ``--image-size`` ... ``--checkpoint-dir`` of ``bmcd train`` (in help order)."""
+    p.add_argument("--image-size", type=int, default=224, metavar="S",
+                   help="network input side in pixels (default: 224)")
+    p.add_argument("--epochs", type=int, default=5, metavar="N",
+                   help="frozen-backbone epochs (default: 5)")
+    p.add_argument("--fine-tune-epochs", type=int, default=5, metavar="N",
+                   help="fine-tuning epochs (default: 5); with --weights none the network "
+                        "trains for epochs + fine-tune-epochs")
+    p.add_argument("--fine-tune-from", default=None, metavar="LAYER",
+                   help="first backbone layer unfrozen when fine-tuning (default per arch)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    p.add_argument("--fine-tune-lr", type=float, default=1e-5,
+                   help="fine-tuning learning rate (default: 1e-5)")
+    p.add_argument("--weights", type=_weights_arg, default="imagenet", metavar="W",
+                   help="imagenet (default; downloaded once), none (from scratch) or a "
+                        "local weights file")
+    p.add_argument("--balance", type=_balance_arg, default="augment", metavar="B",
+                   help="augment (default), class_weight or none")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random flips / rotations while training")
+    p.add_argument("--patience", type=int, default=5, metavar="N",
+                   help="early-stopping patience in epochs (default: 5)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="keep preprocessed images in a memory map here (large sets)")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="keep the best model of each training phase here")
+
+
+def _training_settings(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``train_and_evaluate`` set by :func:`_add_training_settings`.
+
+    ``--image-size`` and ``--weights`` are Classifier arguments, read in :func:`_cmd_train`.
+    """
+    return dict(
+        epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_from=args.fine_tune_from, batch_size=args.batch_size,
+        learning_rate=args.lr, fine_tune_learning_rate=args.fine_tune_lr,
+        balance=args.balance, augment=args.augment,
+        early_stopping_patience=args.patience, cache_dir=args.cache_dir,
+        checkpoint_dir=args.checkpoint_dir,
+    )
+
+# ------------------------------------------------------------- end of training settings
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model, evaluate it on held-out subjects, write the model directory",
+        description=(
+            "Find the images in DATA, split them (by subject by default, so no patient is "
+            "on two sides), train ARCH (frozen backbone, then fine-tuning; from scratch "
+            "with --weights none), evaluate on the test part at threshold 0.5 and write "
+            "OUT/ (model.keras, bmcd.json, report/)."
+        ),
+    )
+    p.add_argument("data", metavar="DATA", help="dataset folder or CSV manifest")
+    p.add_argument("--arch", required=True, choices=["resnet50", "mobilenet_v2"])
+    p.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
+    p.add_argument("--split", default="subject", choices=["subject", "random", "given"],
+                   help="subject (default, honest), random (leaks subjects), or given "
+                        "(training_set/validation_set/test_set folders)")
+    p.add_argument("--val", type=_fraction_arg, default=0.2, metavar="F",
+                   help="validation fraction (default: 0.2)")
+    p.add_argument("--test", type=_fraction_arg, default=0.2, metavar="F",
+                   help="test fraction (default: 0.2)")
+    _add_training_settings(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..classifier import Classifier
+    from ..data import load_dataset, split_by_subject, split_given, split_random
+    from ..demo import train_and_evaluate
+
+    ds = load_dataset(args.data)
+    if args.split == "subject":
+        split = split_by_subject(ds, val=args.val, test=args.test, seed=args.seed)
+    elif args.split == "random":
+        split = split_random(ds, val=args.val, test=args.test, seed=args.seed)
+    else:
+        split = split_given(ds)
+    verbose = 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
+    if verbose:
+        print(ds.summary())
+        print("split: " + ", ".join(
+            f"{name} {len(part)} ({len(part.subject_list())} subjects)"
+            for name, part in split.parts().items()) + f" [{split.method}]", flush=True)
+    try:
+        clf = Classifier(arch=args.arch, image_size=args.image_size, weights=args.weights,
+                         seed=args.seed)
+        result = train_and_evaluate(clf, split, args.out, verbose=verbose,
+                                    **_training_settings(args))
+    except ValueError as exc:
+        if isinstance(exc, BmcdError):
+            raise
+        raise BmcdError(str(exc)) from exc
+    report = result["report"]
+    print(f"\nEvaluated on the {result['evaluated_on']} part ({report.n} images):")
+    print(report.to_markdown())
+    print(f"\nmodel:  {result['model_dir']}")
+    print(f"report: {result['report_dir'] / 'report.html'}")
+    return EXIT_OK
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model on labelled data and print (or write) the report",
+        description="Evaluate MODEL (a model directory) on the labelled images in DATA.",
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory")
+    p.add_argument("data", metavar="DATA", help="dataset folder or CSV manifest")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="write metrics.json, plots and report.html here")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    _add_backend_args(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    clf = _load_classifier(args)
+    report = clf.evaluate(args.data, batch_size=args.batch_size)
+    if report.synthetic:
+        print("NOTE: these data are SYNTHETIC; the scores check the pipeline only.")
+    print(report.to_markdown())
+    if args.report:
+        out = report.save(args.report)
+        print(f"\nreport: {out / 'report.html'}")
+    return EXIT_OK
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="print p(all) and the label for images",
+        description=(
+            "Print one line per image: path<TAB>p(all)<TAB>label, where label is 'all' when "
+            "p(all) >= the model's threshold, else 'hem'. Folders are searched for images. "
+            "Unreadable images are reported on stderr (exit status 3)."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    _add_backend_args(p)
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..data import iter_image_files
+    from ..errors import ImageReadError
+
+    files: list[str] = []
+    for item in args.images:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(iter_image_files(path))
+            if not found:
+                raise BmcdError(f"No images found in folder '{path}'.")
+            files.extend(found)
+        else:
+            files.append(str(path))
+    clf = _load_classifier(args)
+    failed = 0
+    chunk = 256
+    for start in range(0, len(files), chunk):
+        group = files[start : start + chunk]
+        try:
+            probs = clf.predict_proba(group, batch_size=args.batch_size)[:, 1]
+            rows = list(zip(group, probs, strict=True))
+        except ImageReadError:
+            rows = []
+            for f in group:  # find the unreadable ones, keep the rest
+                try:
+                    rows.append((f, clf.predict_proba([f])[0, 1]))
+                except ImageReadError as exc:
+                    failed += 1
+                    print(f"bmcd predict: {exc}", file=sys.stderr)
+        for f, p in rows:
+            label = "all" if p >= clf.threshold_ else "hem"
+            print(f"{f}\t{p:.6f}\t{label}")
+    sys.stdout.flush()
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="train and evaluate on SYNTHETIC cells, offline, in a few minutes",
+        description=(
+            "Draw a few hundred SYNTHETIC C-NMC-like cells, split them by subject, train "
+            "MobileNetV2 from scratch at a small image size, evaluate on held-out subjects "
+            "and write OUT/model (with report/report.html). No download needed."
+        ),
+    )
+    p.add_argument("--out", default="bmcd-demo", metavar="DIR",
+                   help="output folder (default: bmcd-demo)")
+    p.add_argument("--arch", default="mobilenet_v2", choices=["mobilenet_v2", "resnet50"])
+    p.add_argument("--quick", action="store_true", help="a smaller, faster smoke run")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    run_demo(args.out, arch=args.arch, quick=args.quick, seed=args.seed)
+    return EXIT_OK

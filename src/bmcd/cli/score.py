@@ -1,0 +1,108 @@
+"""The ``bmcd score``: streaming batch scoring into CSV (docs/cli.rst)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import BmcdError
+from ._common import EXIT_OK, EXIT_PARTIAL
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the score subcommand (in this order)."""
+    _add_score(sub)
+
+
+def _positive_int_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {value}")
+    return value
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score many images with an exported ONNX model, streaming rows to a CSV",
+        description=(
+            "Score image files with an exported ONNX model. Writes one CSV row per input "
+            "(path,p_all,label,threshold,error), flushed chunk by chunk; unreadable files get "
+            "an error row and the run goes on. Exit status: 0 all scored, 3 some rows carry "
+            "errors, 1 fatal error."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory or bare .onnx file")
+    p.add_argument(
+        "inputs",
+        metavar="INPUT",
+        nargs="+",
+        help="folders (recursive), image files, quoted glob patterns, CSV manifests "
+        "(column path/file/filename/new_names)",
+    )
+    p.add_argument("--out", "-o", required=True, metavar="FILE", help="output CSV file")
+    p.add_argument("--int8", action="store_true", help="run model.int8.onnx")
+    p.add_argument(
+        "--batch-size", type=_positive_int_arg, default=64, metavar="N",
+        help="files per chunk (default 64)",
+    )
+    p.add_argument(
+        "--workers", type=_positive_int_arg, default=None, metavar="N",
+        help="local: preprocessing threads; dask without --scheduler: local worker "
+        "processes (default: CPU count)",
+    )
+    p.add_argument(
+        "--threads", type=_positive_int_arg, default=None, metavar="N",
+        help="ONNX Runtime intra-op threads per session (default: local: CPU count - 1; "
+        "dask: cores / Dask threads per host)",
+    )
+    p.add_argument("--resume", action="store_true", help="skip files already in --out")
+    p.add_argument(
+        "--engine", choices=["local", "dask"], default=None,
+        help="local (default) or dask (needs bmcd[scale]; implied by --scheduler)",
+    )
+    p.add_argument(
+        "--scheduler", metavar="ADDR", default=None,
+        help="Dask scheduler address, e.g. tcp://host:8786 (default: a local cluster)",
+    )
+    p.add_argument(
+        "--partition-size", type=_positive_int_arg, default=1024, metavar="N",
+        help="dask: files per task (default 1024)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from ..scoring import score
+
+    engine = args.engine or ("dask" if args.scheduler else "local")
+    if args.scheduler and engine != "dask":
+        raise BmcdError("--scheduler needs --engine dask (or leave out --engine).")
+    summary = score(
+        args.model,
+        args.inputs,
+        args.out,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        resume=args.resume,
+        precision="int8" if args.int8 else "fp32",
+        engine=engine,
+        scheduler=args.scheduler,
+        partition_size=args.partition_size,
+        intra_op_threads=args.threads,
+        progress=not args.no_progress,
+    )
+    print(summary)
+    if summary.exit_status:
+        n = summary.n_errors + summary.n_previous_errors
+        print(
+            f"bmcd score: {n} file(s) could not be scored; see the 'error' column of "
+            f"{summary.out}",
+            file=sys.stderr,
+        )
+        return EXIT_PARTIAL
+    return EXIT_OK
