@@ -35,17 +35,16 @@ import numpy as np
 from ._deps import optional_import
 from ._version import __version__
 from .artifact import CLASSES, atomic_write_bytes
-from .metrics import (
+from .metrics import EvaluationReport, UndefinedMetricWarning, roc_curve
+from .metrics._evaluation import (
     CONFUSION_PNG,
     CURVES_PNG,
     METRICS_JSON,
     REPORT_HTML,
     ROC_PNG,
-    EvaluationReport,
-    UndefinedMetricWarning,
-    roc_curve,
+    format_value,
+    jsonable,
 )
-from .metrics._evaluation import format_value, jsonable
 
 __all__ = [
     "SYNTHETIC_BANNER",

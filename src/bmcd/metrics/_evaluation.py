@@ -20,15 +20,6 @@ from .._version import __version__
 from ..errors import ConfigError, ModelFormatError
 from ._scores import _as_labels, _as_scores, _check_same_length, _div, classification_metrics
 
-__all__ = [
-    "EvaluationReport",
-    "METRICS_JSON",
-    "ROC_PNG",
-    "CONFUSION_PNG",
-    "CURVES_PNG",
-    "REPORT_HTML",
-]
-
 METRICS_JSON = "metrics.json"
 ROC_PNG = "roc.png"
 CONFUSION_PNG = "confusion.png"

@@ -14,17 +14,6 @@ import numpy as np
 from ..artifact import CLASSES
 from ..errors import ConfigError
 
-__all__ = [
-    "UndefinedMetricWarning",
-    "apply_threshold",
-    "confusion_matrix",
-    "roc_curve",
-    "roc_auc",
-    "precision_recall_f1",
-    "classification_metrics",
-    "tune_threshold",
-]
-
 
 class UndefinedMetricWarning(UserWarning):
     """A metric is undefined for the given input (e.g. ROC AUC with one class present)."""
