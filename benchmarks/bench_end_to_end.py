@@ -15,11 +15,13 @@ with :func:`bmcd.bench.time_calls`.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
 from _helpers import BATCH_SIZE, RESULTS, median_seconds, record
 from bmcd.bench import check_score_output, make_input_batches, time_calls
+from bmcd.data import iter_image_files
 
 pytestmark = [pytest.mark.benchmark(group="end to end"), pytest.mark.train, pytest.mark.slow]
 
@@ -54,7 +56,7 @@ def test_score(
     from bmcd.scoring import score
 
     model_dir = bench_model(arch)
-    files = sorted(files_2000.glob("*.bmp"))
+    files = [Path(p) for p in iter_image_files(files_2000)]  # what score() lists, in order
     assert len(files) == N_FILES
     counter = itertools.count()
     outs = []

@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,9 +157,10 @@ def tiny_model(tmp_path_factory):
 def test_peak_rss_scoring(benchmark, request, tiny_model, tmp_path, n_files):
     from _tiny_models import tiny_model_expected
     from bmcd.bench import check_score_output
+    from bmcd.data import iter_image_files
 
     files_dir = request.getfixturevalue("files_2000" if n_files == 2000 else "files_20000")
-    files = sorted(files_dir.glob("*.bmp"))
+    files = [Path(p) for p in iter_image_files(files_dir)]  # what score() lists, in order
     assert len(files) == n_files
     out = tmp_path / "scores.csv"
     results = []

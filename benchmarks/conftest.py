@@ -104,9 +104,10 @@ def cache_dir(request) -> Path:
 def source_files(cache_dir: Path) -> list[Path]:
     """Real 450x450 C-NMC BMPs from ../shared/data/cnmc-sample, else synthetic cells."""
     from bmcd.bench import source_images
+    from bmcd.data import iter_image_files
 
     real = SHARED_DATA / "cnmc-sample"
-    folder = real if real.is_dir() and any(real.rglob("*.bmp")) else None
+    folder = real if real.is_dir() and next(iter_image_files(real), None) else None
     files, _ = source_images(folder, cache_dir)
     return files
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .errors import ModelFormatError
+from .errors import ConfigTypeError, ModelFormatError
 from .preprocessing import PreprocessConfig
 
 __all__ = [
@@ -367,4 +367,8 @@ def _json_default(obj: Any) -> Any:
         pass
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+    raise ConfigTypeError(
+        f"Object of type {type(obj).__name__} is not JSON serializable; bmcd.json and ONNX "
+        f"metadata take numbers, strings, lists, dicts, numpy values and paths. Convert "
+        f"{obj!r:.80} to one of those."
+    )

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import CLASSES
-from .errors import DatasetError
+from .errors import ConfigError, DatasetError
 from .preprocessing import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -103,15 +103,15 @@ def parse_subject(name: str | os.PathLike) -> str | None:
 
 
 def parse_label(value: Any) -> int:
-    """Map a label (``"all"``/``"hem"``, 1/0, any case) to 1/0; ``ValueError`` otherwise."""
+    """Map a label (``"all"``/``"hem"``, 1/0, any case) to 1/0; ``DatasetError`` otherwise."""
     if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"unknown label {value!r}")
+        raise DatasetError(f"unknown label {value!r}; expected 'all'/'hem' or 1/0")
     if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
         return int(value)
     key = str(value).strip().lower()
     if key in _LABEL_WORDS:
         return _LABEL_WORDS[key]
-    raise ValueError(f"unknown label {value!r}")
+    raise DatasetError(f"unknown label {value!r}; expected 'all'/'hem' or 1/0")
 
 
 def _subject_sort_key(subject: str | None) -> tuple:
@@ -1031,7 +1031,7 @@ def apply_transform(array: np.ndarray, name: str) -> np.ndarray:
     elif name in ("rot90", "rot180", "rot270"):
         out = np.rot90(array, k={"rot90": 1, "rot180": 2, "rot270": 3}[name], axes=(0, 1))
     else:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown transform {name!r}; expected 'none' or one of {list(TRANSFORMS)}."
         )
     return np.ascontiguousarray(out)

@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import ImageReadError
+from .errors import ConfigError, ImageReadError
 
 __all__ = [
     "PreprocessConfig",
@@ -97,26 +97,26 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, (int, np.integer)) or isinstance(self.image_size, bool):
-            raise ValueError(
+            raise ConfigError(
                 f"PreprocessConfig.image_size must be an int, received {self.image_size!r}."
             )
         if not 8 <= int(self.image_size) <= 4096:
-            raise ValueError(
+            raise ConfigError(
                 f"PreprocessConfig.image_size must be between 8 and 4096 pixels, "
                 f"received {self.image_size}."
             )
         if not isinstance(self.threshold, (int, np.integer)) or not 0 <= int(self.threshold) <= 254:
-            raise ValueError(
+            raise ConfigError(
                 f"PreprocessConfig.threshold must be an int gray level in [0, 254], "
                 f"received {self.threshold!r}."
             )
         if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"PreprocessConfig.interpolation must be one of {sorted(_INTERPOLATIONS)}, "
                 f"received {self.interpolation!r}."
             )
         if not isinstance(self.margin, (int, np.integer)) or int(self.margin) < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"PreprocessConfig.margin must be a non-negative int, received {self.margin!r}."
             )
         # normalise numpy ints so to_dict() is JSON-serialisable
@@ -130,15 +130,15 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
-        """Build a config from :meth:`to_dict` output. Unknown keys raise ``ValueError``."""
+        """Build a config from :meth:`to_dict` output. Unknown keys raise ``ConfigError``."""
         if not isinstance(data, dict):
-            raise ValueError(
+            raise ConfigError(
                 f"PreprocessConfig.from_dict expects a dict, received {type(data).__name__}."
             )
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown PreprocessConfig keys {sorted(unknown)}; expected a subset of "
                 f"{sorted(known)}. Was the model saved by a newer bmcd?"
             )
@@ -436,7 +436,7 @@ def preprocess_with_info(
     if out is None:
         out = np.empty((S, S, 3), dtype=np.float32)
     elif out.shape != (S, S, 3) or out.dtype != np.float32:
-        raise ValueError(f"out must be float32 of shape {(S, S, 3)}, received {out.dtype} {out.shape}.")
+        raise ConfigError(f"out must be float32 of shape {(S, S, 3)}, received {out.dtype} {out.shape}.")
     np.copyto(out, square, casting="unsafe")
     info = PreprocessInfo(found_cell=bbox is not None, bbox=(x, y, w, h), original_shape=(H, W))
     return out, info
@@ -500,7 +500,7 @@ def preprocess_batch(
     out = np.empty((len(items), S, S, 3), dtype=np.float32)
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, received {workers}.")
+        raise ConfigError(f"workers must be >= 1, received {workers}.")
 
     def work(i: int) -> None:
         preprocess_with_info(items[i], config, out=out[i])

@@ -35,6 +35,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .errors import ConfigError
+
 __all__ = [
     "SubjectStyle",
     "random_subject_style",
@@ -143,7 +145,7 @@ def subject_ids(n_subjects: int) -> tuple[list[str], list[str]]:
     The subjects are split evenly between the classes (the leukemic class gets the odd one).
     """
     if int(n_subjects) < 2:
-        raise ValueError(
+        raise ConfigError(
             f"n_subjects must be >= 2 (at least one subject per class); received {n_subjects}."
         )
     n_all = (int(n_subjects) + 1) // 2
@@ -245,14 +247,14 @@ def make_cell_image(
     """
     if isinstance(label, str):
         if label.lower() not in _CLASS_NAMES:
-            raise ValueError(f"label must be 'all'/'hem' or 1/0; received {label!r}.")
+            raise ConfigError(f"label must be 'all'/'hem' or 1/0; received {label!r}.")
         label = _CLASS_NAMES.index(label.lower())
     label = int(label)
     if label not in (0, 1):
-        raise ValueError(f"label must be 'all'/'hem' or 1/0; received {label!r}.")
+        raise ConfigError(f"label must be 'all'/'hem' or 1/0; received {label!r}.")
     image_size = int(image_size)
     if image_size < 32:
-        raise ValueError(f"image_size must be >= 32 pixels; received {image_size}.")
+        raise ConfigError(f"image_size must be >= 32 pixels; received {image_size}.")
     style = subject_style or SubjectStyle()
     s = image_size / 450.0
     m = {k: v[label] for k, v in _MORPH.items()}
@@ -386,10 +388,10 @@ def make_cells(
     """
     n_per_class = int(n_per_class)
     if n_per_class < 1:
-        raise ValueError(f"n_per_class must be >= 1; received {n_per_class}.")
+        raise ConfigError(f"n_per_class must be >= 1; received {n_per_class}.")
     all_ids, hem_ids = subject_ids(n_subjects)
     if n_per_class < max(len(all_ids), len(hem_ids)):
-        raise ValueError(
+        raise ConfigError(
             f"n_per_class ({n_per_class}) must be at least the number of subjects per class "
             f"({max(len(all_ids), len(hem_ids))}), so every subject has an image."
         )

@@ -20,17 +20,36 @@ from bmcd.bench import (
     Timing,
     check_int8_sanity,
     check_parity,
+    check_targets,
     cpu_flags,
     dihedral,
     evaluate_targets,
+    find_image_files,
     format_report,
     kernel_report,
+    load_targets,
     make_input_batches,
     time_calls,
 )
 from bmcd.cli import main
+from bmcd.errors import ConfigError
 
 S = 32
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Goals of the kind benchmarks/targets.py holds (the library ships none).
+TARGETS = (
+    {"key": "ratio_fp32_keras:{arch}", "what": "ORT fp32 / keras predict @B ({arch})",
+     "op": ">=", "value": 2.0},
+    {"key": "ratio_int8_fp32:resnet50", "what": "ORT int8 / ORT fp32 @B (resnet50)",
+     "op": ">=", "value": 2.5},
+    {"key": "ratio_int8_fp32:mobilenet_v2", "what": "ORT int8 / ORT fp32 @B (mobilenet_v2)",
+     "op": ">=", "value": 2.2},
+    {"key": "ms_fp32_b1:mobilenet_v2", "what": "ORT fp32 mobilenet_v2 @1, ms/image",
+     "op": "<=", "value": 10.0},
+    {"key": "ratio_e2e_model:mobilenet_v2:int8",
+     "what": "score / model-only ORT, mobilenet_v2 int8", "op": ">=", "value": 0.85},
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +139,27 @@ def test_dihedral_gives_eight_distinct_views():
     views = [dihedral(img, k) for k in range(8)]
     assert len({v.tobytes() for v in views}) == 8
     np.testing.assert_array_equal(views[0], img)
+    # k quarter turns counter-clockwise, then a left-right mirror for k >= 4 (the order
+    # make_input_batches and write_bench_files have always used)
+    rect = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3)
+    for k in range(8):
+        want = np.rot90(rect, k % 4, axes=(0, 1))
+        want = want[:, ::-1] if k >= 4 else want
+        got = dihedral(rect, k)
+        np.testing.assert_array_equal(got, want)
+        assert got.flags.c_contiguous
+
+
+def test_find_image_files_walks_nested_folders_and_skips_hidden(tmp_path):
+    for rel in ("b.bmp", "a/x.png", "a/.hidden.bmp", ".cache/y.bmp", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert find_image_files(tmp_path) == [tmp_path / "a" / "x.png", tmp_path / "b.bmp"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BenchError, match="No image files"):
+        find_image_files(tmp_path / "empty")
+    with pytest.raises(BenchError, match="does not exist"):
+        find_image_files(tmp_path / "missing")
 
 
 def test_make_input_batches_are_distinct():
@@ -192,15 +232,43 @@ def test_evaluate_targets_and_format_report():
              "images_per_second": 90.0, "seconds": 1.0, "ratio_to_model_only": 0.9},
         ],
     }  # fmt: skip
-    got = {t["what"]: (t["measured"], t["met"]) for t in evaluate_targets(report)}
+    got = {t["what"]: (t["measured"], t["met"]) for t in evaluate_targets(report, TARGETS)}
     assert got["ORT fp32 / keras predict @32 (resnet50)"] == (2.5, True)
     assert got["ORT int8 / ORT fp32 @32 (resnet50)"] == (2.0, False)
     assert got["ORT fp32 mobilenet_v2 @1, ms/image"] == (8.0, True)
     assert got["score / model-only ORT, mobilenet_v2 int8"] == (0.9, True)
     assert len(got) == 4  # nothing invented for what was not measured
-    report["targets"] = evaluate_targets(report)
+    assert evaluate_targets(report, []) == []  # no goals given, none checked
+    report["targets"] = evaluate_targets(report, TARGETS)
     text = format_report(report)
     assert "ORT int8" in text and "MISSED" in text and "end to end" in text
+
+
+def test_targets_are_checked_and_loaded_from_files(tmp_path):
+    # the reference machine's goals live with the benchmarks, not in the library
+    assert not hasattr(bench, "TARGETS")
+    shipped = load_targets(ROOT / "benchmarks" / "targets.py")
+    assert len(shipped) == 5 and {t["op"] for t in shipped} == {">=", "<="}
+    as_json = tmp_path / "targets.json"
+    as_json.write_text(json.dumps({"targets": list(TARGETS)}))
+    assert load_targets(as_json) == [dict(t) for t in TARGETS]
+    good = dict(TARGETS[0])
+    for bad, message in (
+        ({**good, "op": ">"}, "op one of"),
+        ({**good, "key": "ratio_fp32_keras"}, "key of the form"),
+        ({**good, "key": "speed:{arch}"}, "key of the form"),
+        ({**good, "value": "2"}, "value as a number"),
+        ({"key": good["key"]}, "keys key, what, op and value"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            check_targets([bad])
+    with pytest.raises(ConfigError, match="list of"):
+        check_targets(good)  # one dict, not a list of them
+    with pytest.raises(ConfigError, match="No targets file"):
+        load_targets(tmp_path / "missing.json")
+    (tmp_path / "empty.py").write_text("GOALS = []\n")
+    with pytest.raises(ConfigError, match="defines no TARGETS"):
+        load_targets(tmp_path / "empty.py")
 
 
 # ---------------------------------------------------------------------------------------
@@ -218,8 +286,17 @@ def test_run_bench_with_an_onnx_only_model(tiny_dir, cells, tmp_path):
         images=cells,
         cache_dir=tmp_path / "cache",
         matmul_size=256,
+        targets=[
+            {"key": "ms_fp32_b1:{arch}", "what": "ms @1 ({arch})", "op": "<=", "value": 1e9},
+            {"key": "ms_fp32_b1:{arch}", "what": "impossible ({arch})", "op": "<=", "value": 0},
+            {"key": "ratio_int8_fp32:{arch}", "what": "not measured", "op": ">=", "value": 1},
+        ],
     )
     assert report["machine"]["matmul_gflops"] > 0
+    # only what was measured is checked: ORT fp32 at batch 1, not int8 (no int8 model)
+    assert [(t["what"], t["met"]) for t in report["targets"]] == [
+        ("ms @1 (tiny-mean)", True), ("impossible (tiny-mean)", False)
+    ]
     inf = report["inference"]
     # no model.keras / model.int8.onnx: only the ORT fp32 rows, at batch 4 and 1
     assert [(r["backend"], r["batch_size"]) for r in inf] == [("ort_fp32", 4), ("ort_fp32", 1)]
@@ -275,7 +352,7 @@ def test_bench_command_with_keras_rows(tiny_dir, cells, tmp_path, capsys):
     ]  # fmt: skip
     for r in report["inference"]:
         assert r["parity_max_abs_diff"] <= bench.PARITY_TOLERANCE[r["backend"]]
-    assert report["targets"][0]["what"].startswith("ORT fp32 / keras predict @4")
+    assert report["targets"] == []  # bmcd ships no speed goals; none were given
 
 
 def test_bench_command_rejects_bad_arguments(capsys):

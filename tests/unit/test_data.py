@@ -567,3 +567,22 @@ def test_cli_preprocess_bad_arguments(tmp_path, capsys):
 
 def test_errors_are_bmcd_errors():
     assert issubclass(DatasetError, BmcdError) and issubclass(DatasetError, ValueError)
+
+
+def test_deliberate_errors_are_bmcd_errors_with_their_builtin(tmp_path):
+    from bmcd.artifact import new_model_json, write_model_json
+    from bmcd.data import parse_label
+    from bmcd.errors import ConfigError, ConfigTypeError
+    from bmcd.preprocessing import PreprocessConfig
+
+    with pytest.raises(DatasetError, match="unknown label 'blast'"):
+        parse_label("blast")
+    with pytest.raises(DatasetError):
+        parse_label(True)
+    with pytest.raises(ConfigError, match="Unknown transform"):
+        apply_transform(np.zeros((2, 2)), "shear")
+    meta = new_model_json(arch="mobilenet_v2", preprocess=PreprocessConfig(image_size=32))
+    meta["training"]["odd"] = object()
+    with pytest.raises(ConfigTypeError, match="not JSON serializable") as info:
+        write_model_json(tmp_path, meta)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, BmcdError)

@@ -62,6 +62,18 @@ def test_config_from_dict_rejects_unknown_keys():
         PreprocessConfig.from_dict({"image_size": 32, "mean": [0, 0, 0]})
 
 
+def test_bad_arguments_raise_config_error():
+    from bmcd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="between 8 and 4096"):
+        PreprocessConfig(image_size=4)
+    with pytest.raises(ConfigError, match="expects a dict"):
+        PreprocessConfig.from_dict([("image_size", 32)])
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
+        preprocess_batch([np.zeros((16, 16, 3), np.uint8)], PreprocessConfig(32), workers=0)
+    assert issubclass(ConfigError, BmcdError) and issubclass(ConfigError, ValueError)
+
+
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         PreprocessConfig().image_size = 10  # type: ignore[misc]

@@ -96,6 +96,12 @@ def test_subject_ids_and_styles():
     assert subject_ids(5) == (["1", "2", "3"], ["H1", "H2"])
     with pytest.raises(ValueError, match="n_subjects must be >= 2"):
         subject_ids(1)
+    from bmcd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="n_subjects must be >= 2"):  # a BmcdError too
+        subject_ids(1)
+    with pytest.raises(ConfigError, match="label must be"):
+        make_cell_image(np.random.default_rng(0), "blast")
     s1, s2 = (random_subject_style(np.random.default_rng(i)) for i in (1, 2))
     assert s1 != s2 and s1.to_dict()["hue_shift"] == s1.hue_shift
 
