@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .labels import label_indices
 from .training import TrainConfig, train_and_evaluate
 
 __all__ = ["DEMO_SETTINGS", "REAL_DATA_COMMAND", "run_demo", "train_and_evaluate"]
@@ -241,7 +242,8 @@ def _export_quantize_score(clf, split, out: Path, model_dir: Path, *, precision:
         "precision": precision,
         "n": len(test_paths),
         "max_abs_diff": float(np.max(np.abs(p_onnx - p_keras))),
-        "label_agreement": float(np.mean((p_onnx >= thr) == (p_keras >= thr))),
+        "label_agreement": float(np.mean(label_indices(p_onnx, thr)
+                                         == label_indices(p_keras, thr))),
     }
     say(f"      {summary}")
     say(f"      ONNX Runtime {precision} vs Keras on these files: max |dp| = "

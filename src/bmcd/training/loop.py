@@ -2,7 +2,7 @@
 
 With a pretrained backbone the head trains first with the backbone frozen, then the top
 of the backbone is unfrozen for fine-tuning; from scratch the whole network trains in one
-phase (see docs/architecture.rst and the ``fit`` section of docs/api.rst).
+phase (see docs/architecture.rst).
 """
 
 from __future__ import annotations
