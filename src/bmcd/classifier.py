@@ -24,9 +24,13 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .artifact import CLASSES, new_model_json, write_model_json
-from .errors import DatasetError, ModelFormatError, NotFittedError
+from .artifact import CLASSES, ModelMeta, write_model_json
+from .data import Dataset, iter_image_files, load_dataset
+from .errors import ConfigError, DatasetError, ModelFormatError, NotFittedError
+from .labels import label_names
 from .preprocessing import IMAGE_EXTENSIONS, PreprocessConfig, preprocess_batch
+from .training import TrainConfig
+from .training.models import check_arch, is_scratch
 
 __all__ = ["Classifier"]
 
@@ -46,14 +50,8 @@ _DEFAULTS: dict[str, Any] = {
 _PREDICT_CHUNK = 256
 
 
-def _is_scratch(weights: Any) -> bool:
-    return weights is None or (isinstance(weights, str) and weights.lower() == "none")
-
-
 def _as_dataset(data: Any, what: str):
     """A labelled :class:`~bmcd.data.Dataset` from a Dataset, folder, CSV or (paths, labels)."""
-    from .data import Dataset, load_dataset
-
     if isinstance(data, Dataset):
         return data
     if isinstance(data, (str, os.PathLike)) or (isinstance(data, tuple) and len(data) == 2):
@@ -64,16 +62,8 @@ def _as_dataset(data: Any, what: str):
     )
 
 
-def _list_images(folder: Path) -> list[str]:
-    return sorted(
-        str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-
-
 def _resolve_inputs(X: Any) -> tuple[list[Any], list[str] | None]:
     """Turn any accepted ``X`` into a list of items for ``preprocess`` (+ paths if known)."""
-    from .data import Dataset, load_dataset
-
     if isinstance(X, Dataset):
         paths = X.absolute_paths()
         return paths, paths
@@ -83,7 +73,7 @@ def _resolve_inputs(X: Any) -> tuple[list[Any], list[str] | None]:
             try:
                 paths = load_dataset(p).absolute_paths()
             except DatasetError:
-                paths = _list_images(p)  # an unlabelled folder of images
+                paths = list(iter_image_files(p))  # an unlabelled folder of images
             if not paths:
                 raise DatasetError(
                     f"No images found in '{p}' (looked for {', '.join(IMAGE_EXTENSIONS)})."
@@ -97,7 +87,7 @@ def _resolve_inputs(X: Any) -> tuple[list[Any], list[str] | None]:
             return [X], None  # one image, (H, W) or (H, W, C)
         if X.ndim == 4:
             return list(X), None  # a batch (n, H, W, C)
-        raise ValueError(
+        raise ConfigError(
             f"Expected one image of shape (H, W, 3) or a batch (n, H, W, 3); received an "
             f"array of shape {X.shape}."
         )
@@ -202,7 +192,7 @@ class Classifier:
         """Set constructor arguments; returns ``self``."""
         for k, v in params.items():
             if k not in _DEFAULTS:
-                raise ValueError(
+                raise ConfigError(
                     f"Invalid parameter {k!r} for Classifier; valid ones are {list(_DEFAULTS)}."
                 )
             setattr(self, k, v)
@@ -227,27 +217,22 @@ class Classifier:
                 f"{type(self.preprocess).__name__}."
             )
         if self.preprocess.image_size != self.image_size:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size={self.image_size!r} disagrees with preprocess.image_size="
                 f"{self.preprocess.image_size}; pass the same size to both (or only one)."
             )
         return self.preprocess
 
     def _check_params(self) -> PreprocessConfig:
-        from .runtimes.keras import ARCHITECTURES
-
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(
-                f"Unknown arch {self.arch!r}; expected one of {sorted(ARCHITECTURES)}."
-            )
+        check_arch(self.arch)
         if not isinstance(self.image_size, (int, np.integer)) or int(self.image_size) < 32:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size must be an int >= 32 (the smallest input keras.applications "
                 f"accepts); received {self.image_size!r}."
             )
         thr = self.threshold
         if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not 0 <= thr <= 1:
-            raise ValueError(f"threshold must be a number in [0, 1]; received {thr!r}.")
+            raise ConfigError(f"threshold must be a number in [0, 1]; received {thr!r}.")
         return self._preprocess_config()
 
     def _check_fitted(self, action: str) -> None:
@@ -259,7 +244,7 @@ class Classifier:
             )
 
     def _config(self) -> PreprocessConfig:
-        return PreprocessConfig.from_dict(self.meta_["preprocess"])
+        return ModelMeta.from_dict(self.meta_).preprocess
 
     def _p_all(self, X: Any, batch_size: int = 32, progress: bool | None = None) -> np.ndarray:
         from tqdm.auto import tqdm
@@ -281,21 +266,10 @@ class Classifier:
         self,
         train: Any,
         validation: Any = None,
-        epochs: int = 5,
-        fine_tune_epochs: int = 5,
-        fine_tune_from: str | int | None = None,
-        batch_size: int = 32,
-        learning_rate: float = 1e-3,
-        fine_tune_learning_rate: float = 1e-5,
-        balance: str | None = "augment",
-        augment: bool = True,
-        early_stopping_patience: int | None = 5,
-        checkpoint_dir: str | os.PathLike | None = None,
-        verbose: int = 1,
+        config: TrainConfig | None = None,
         *,
-        cache_dir: str | os.PathLike | None = None,
         split: Any = None,
-        jit_compile: bool | str = False,
+        **settings: Any,
     ) -> Classifier:
         """Train the network; returns ``self``.
 
@@ -306,49 +280,29 @@ class Classifier:
         validation : same, optional
             Validation data for early stopping and the validation curves. Use other
             subjects than ``train`` (see :func:`bmcd.data.split_by_subject`).
-        epochs : int
-            With pretrained weights: epochs with the backbone frozen (head only).
-        fine_tune_epochs : int
-            With pretrained weights: epochs with the backbone unfrozen from
-            ``fine_tune_from``. With ``weights=None`` there is nothing to transfer, so the
-            whole network trains for ``epochs + fine_tune_epochs`` epochs at
-            ``learning_rate`` (recorded in ``meta_["training"]["note"]``).
-        fine_tune_from : str or int, optional
-            First backbone layer unfrozen in the fine-tuning phase (a layer name or index).
-            Default per architecture: ``conv2_block1_1_conv`` (ResNet50, the research
-            report's best), ``block_13_expand`` (MobileNetV2).
-        batch_size : int
-        learning_rate, fine_tune_learning_rate : float
-            Adam learning rates of the two phases.
-        balance : {"augment", "class_weight", None}
-            ``"augment"``: subsample the majority class and add flipped / rotated copies
-            of the minority (:func:`bmcd.data.balance_augment`); ``"class_weight"``:
-            inverse-frequency loss weights; None: train on the data as they are.
-        augment : bool
-            Random flips and 90-degree rotations on the fly.
-        early_stopping_patience : int or None
-            Stop a phase after this many epochs without a lower validation loss and
-            restore its best weights (only with ``validation``); None disables it.
-        checkpoint_dir : path, optional
-            Keep the best model of each phase there (``<phase>.best.keras``).
-        verbose : int
-            0 silent, 1 progress bars, 2 one line per epoch.
-        cache_dir : path, optional
-            Keep the preprocessed images in a memory-mapped ``.npy`` there instead of in
-            memory (for large sets; reused by later runs over the same files).
+        config : TrainConfig, optional
+            The training settings (epochs, learning rates, fine-tuning, balancing,
+            augmentation, early stopping, cache, checkpoints ...); default
+            ``TrainConfig()``. See :class:`bmcd.training.TrainConfig` for each one. With
+            ``weights=None`` there is nothing to transfer, so the whole network trains for
+            ``epochs + fine_tune_epochs`` epochs at ``learning_rate`` (recorded in
+            ``meta_["training"]["note"]``).
         split : bmcd.data.Split or dict, optional
             How ``train``/``validation`` were made; recorded in the provenance.
-        jit_compile : bool or "auto"
-            Passed to ``keras.Model.compile``. XLA does not speed these networks up on
-            CPUs and costs a long first step, so it is off by default.
+        **settings
+            :class:`~bmcd.training.TrainConfig` fields merged over ``config``, e.g.
+            ``fit(train, val, epochs=4, batch_size=16)``.
 
         Returns
         -------
         Classifier
             ``self``, fitted.
         """
-        from .runtimes import keras as kb
+        from . import training as tr
+        from .runtimes.keras import KerasBackend
 
+        cfg = TrainConfig.from_kwargs(config, **settings)
+        verbose, cache_dir = cfg.verbose, cfg.cache_dir
         config = self._check_params()
         t_start = time.perf_counter()
         ds_train = _as_dataset(train, "train")
@@ -381,34 +335,28 @@ class Classifier:
                 )
 
         seed = int(self.seed)
-        seeds = kb.set_seed(seed)
+        seeds = tr.set_seed(seed)
         progress = None if verbose else False
-        x_train = kb.cache_images(ds_train.absolute_paths(), config, cache_dir=cache_dir,
+        x_train = tr.cache_images(ds_train.absolute_paths(), config, cache_dir=cache_dir,
                                   name="train", progress=progress)
         x_val = y_val = None
         if ds_val is not None:
-            x_val = kb.cache_images(ds_val.absolute_paths(), config, cache_dir=cache_dir,
+            x_val = tr.cache_images(ds_val.absolute_paths(), config, cache_dir=cache_dir,
                                     name="validation", progress=progress)
             y_val = ds_val.labels
         t_pre = time.perf_counter()
 
-        kb.set_seed(seed)  # same initial weights whatever preprocessing consumed
+        tr.set_seed(seed)  # same initial weights whatever preprocessing consumed
         weights = self.weights
-        model = kb.build_model(
+        model = tr.build_model(
             self.arch, int(self.image_size), weights=weights, pooling=self.pooling,
             head_units=tuple(self.head_units), dropout=float(self.dropout),
         )
-        record = kb.train_model(
+        record = tr.train_model(
             model, x_train, ds_train.labels, x_val, y_val,
-            arch=self.arch, pretrained=not _is_scratch(weights),
-            epochs=epochs, fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from,
-            batch_size=batch_size, learning_rate=learning_rate,
-            fine_tune_learning_rate=fine_tune_learning_rate, balance=balance,
-            augment=augment, early_stopping_patience=early_stopping_patience,
-            checkpoint_dir=checkpoint_dir, seed=seed, verbose=verbose,
-            jit_compile=jit_compile,
+            arch=self.arch, pretrained=not is_scratch(weights), config=cfg, seed=seed,
         )
-        model = kb.inference_copy(model)  # drop the optimizer state
+        model = tr.inference_copy(model)  # drop the optimizer state
         t_end = time.perf_counter()
 
         import keras
@@ -417,7 +365,7 @@ class Classifier:
         if split is not None and hasattr(split, "to_dict"):
             split = split.to_dict()
         training = {
-            "weights": None if _is_scratch(weights) else os.fspath(weights),
+            "weights": None if is_scratch(weights) else os.fspath(weights),
             "params": self._params_json(),
             "data": {
                 "train": _describe_dataset(ds_train),
@@ -427,11 +375,11 @@ class Classifier:
             "split": split,
             "seeds": {**seeds, "shuffle": seed, "balance": seed, "augment": seed},
             "fit": {
-                "epochs": int(epochs),
-                "fine_tune_epochs": int(fine_tune_epochs),
-                "fine_tune_from": fine_tune_from,
-                "learning_rate": float(learning_rate),
-                "fine_tune_learning_rate": float(fine_tune_learning_rate),
+                "epochs": int(cfg.epochs),
+                "fine_tune_epochs": int(cfg.fine_tune_epochs),
+                "fine_tune_from": cfg.fine_tune_from,
+                "learning_rate": float(cfg.learning_rate),
+                "fine_tune_learning_rate": float(cfg.fine_tune_learning_rate),
                 "cache": "memmap" if cache_dir is not None else "memory",
             },
             **record,
@@ -447,11 +395,11 @@ class Classifier:
                 "platform": platform.platform(),
             },
         }
-        meta = new_model_json(
+        meta = ModelMeta.new(
             arch=self.arch, preprocess=config, threshold=float(self.threshold), training=training,
-        )
+        ).to_dict()
         self.meta_ = meta
-        self.backend_ = kb.KerasBackend(model, meta)
+        self.backend_ = KerasBackend(model, meta)
         self.classes_ = list(CLASSES)
         self.threshold_ = float(self.threshold)
         self.history_ = record["history"]
@@ -459,7 +407,7 @@ class Classifier:
 
     def _params_json(self) -> dict[str, Any]:
         params = self.get_params()
-        params["weights"] = None if _is_scratch(params["weights"]) else os.fspath(params["weights"])
+        params["weights"] = None if is_scratch(params["weights"]) else os.fspath(params["weights"])
         params["preprocess"] = self._preprocess_config().to_dict()
         params["head_units"] = [int(u) for u in params["head_units"]]
         return params
@@ -492,7 +440,7 @@ class Classifier:
         """
         self._check_fitted("predict")
         p = self._p_all(X, batch_size=batch_size)
-        return np.where(p >= self.threshold_, CLASSES[1], CLASSES[0])
+        return label_names(p, self.threshold_)
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(
@@ -533,10 +481,11 @@ class Classifier:
         )
 
     def _model_info(self) -> dict[str, Any]:
-        training = self.meta_.get("training", {})
+        mm = ModelMeta.from_dict(self.meta_)
+        training = mm.training
         info = {
-            "arch": self.meta_["arch"],
-            "image_size": self.meta_["image_size"],
+            "arch": mm.arch,
+            "image_size": mm.image_size,
             "backend": getattr(self.backend_, "name", type(self.backend_).__name__),
             "threshold": self.threshold_,
             "weights": training.get("weights", "unknown") if training else "unknown",
@@ -630,17 +579,15 @@ class Classifier:
 
         b = get_backend(backend).load(model_dir, **backend_options)
         meta = b.meta
-        config = PreprocessConfig.from_dict(meta["preprocess"])
-        weights = meta.get("training", {}).get("weights") if isinstance(
-            meta.get("training"), dict) else None
-        params = meta.get("training", {}).get("params", {}) if isinstance(
-            meta.get("training"), dict) else {}
+        mm = ModelMeta.from_dict(meta)
+        weights = mm.training.get("weights")
+        params = mm.training.get("params", {})
         clf = cls(
-            arch=meta["arch"],
-            image_size=int(meta["image_size"]),
+            arch=mm.arch,
+            image_size=mm.image_size,
             weights=weights,
-            threshold=float(meta["threshold"]),
-            preprocess=config,
+            threshold=mm.threshold,
+            preprocess=mm.preprocess,
             seed=int(params.get("seed", 0)),
             pooling=params.get("pooling", "avg"),
             head_units=tuple(params.get("head_units", ())),
@@ -650,10 +597,9 @@ class Classifier:
         clf.backend_ = b
         p = Path(model_dir)
         clf.model_dir_ = p if p.is_dir() else p.parent
-        clf.classes_ = list(meta["classes"])
-        clf.threshold_ = float(meta["threshold"])
-        clf.history_ = meta.get("training", {}).get("history") if isinstance(
-            meta.get("training"), dict) else None
+        clf.classes_ = list(mm.classes)
+        clf.threshold_ = mm.threshold
+        clf.history_ = mm.training.get("history")
         return clf
 
 

@@ -6,7 +6,8 @@ cells (:mod:`bmcd.synthetic`), splits them by subject, trains MobileNetV2 from s
 subjects and writes the model directory with its report. Its steps are plain functions
 returning one dict, so later steps (ONNX export, int8, batch scoring) can be appended.
 
-:func:`train_and_evaluate` is the pipeline shared with ``bmcd train``.
+:func:`bmcd.training.train_and_evaluate` (re-exported here) is the pipeline shared with
+``bmcd train``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .artifact import REPORT_DIR
+from .labels import label_indices
+from .training import TrainConfig, train_and_evaluate
 
 __all__ = ["DEMO_SETTINGS", "REAL_DATA_COMMAND", "run_demo", "train_and_evaluate"]
 
@@ -35,78 +37,6 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 _BANNER = "=" * 78
-
-
-def train_and_evaluate(
-    clf,
-    split,
-    model_dir: str | os.PathLike,
-    *,
-    dataset_info: dict[str, Any] | None = None,
-    verbose: int = 1,
-    **fit_kwargs: Any,
-) -> dict[str, Any]:
-    """Fit on ``split.train`` (early stopping on ``split.val``), evaluate, save, report.
-
-    The test part is scored at the classifier's own threshold (nothing is tuned here).
-    When the split has no test part, the validation part is reported instead, and the
-    report says so. ``model_dir`` receives ``model.keras``, ``bmcd.json`` (with the split,
-    the validation and test metrics) and ``report/``.
-
-    Parameters
-    ----------
-    clf : Classifier
-        Unfitted.
-    split : bmcd.data.Split
-    model_dir : path
-    dataset_info : dict, optional
-        Added to the reports (e.g. ``{"synthetic": True}``).
-    verbose : int
-    **fit_kwargs
-        Passed to :meth:`Classifier.fit`.
-
-    Returns
-    -------
-    dict
-        ``classifier``, ``report`` (the test, or else validation, EvaluationReport),
-        ``validation_report`` (or None), ``evaluated_on`` ("test" / "validation"),
-        ``model_dir``, ``report_dir``, ``seconds`` {fit, evaluate, save}.
-    """
-    model_dir = Path(model_dir)
-    val = split.val if len(split.val) else None
-    t0 = time.perf_counter()
-    clf.fit(split.train, validation=val, split=split, verbose=verbose, **fit_kwargs)
-    t1 = time.perf_counter()
-    extra = dict(dataset_info or {})
-    extra["split"] = split.method
-    val_report = None
-    if val is not None:
-        val_report = clf.evaluate(val, dataset_info={**extra, "part": "validation"})
-        clf.meta_["metrics"]["validation"] = val_report.summary()
-    if len(split.test):
-        report = clf.evaluate(split.test, dataset_info={**extra, "part": "test"})
-        clf.meta_["metrics"]["test"] = report.summary()
-        evaluated_on = "test"
-    elif val_report is not None:
-        report, evaluated_on = val_report, "validation"
-    else:
-        report = clf.evaluate(split.train, dataset_info={**extra, "part": "train"})
-        evaluated_on = "train"
-    t2 = time.perf_counter()
-    clf.save(model_dir)
-    report_dir = model_dir / REPORT_DIR
-    report.save(report_dir)
-    t3 = time.perf_counter()
-    return {
-        "classifier": clf,
-        "report": report,
-        "validation_report": val_report,
-        "evaluated_on": evaluated_on,
-        "model_dir": model_dir,
-        "report_dir": report_dir,
-        "seconds": {"fit": round(t1 - t0, 2), "evaluate": round(t2 - t1, 2),
-                    "save": round(t3 - t2, 2)},
-    }
 
 
 def run_demo(
@@ -199,10 +129,12 @@ def run_demo(
 
     say(f"[3/7] training {arch} from scratch (weights=None) at {settings['image_size']} px")
     clf = Classifier(arch=arch, image_size=settings["image_size"], weights=None, seed=seed)
+    config = TrainConfig(epochs=settings["epochs"], fine_tune_epochs=0,
+                         batch_size=settings["batch_size"],
+                         verbose=verbose if verbose != 1 else 2)
     result = train_and_evaluate(
-        clf, split, model_dir, dataset_info={"synthetic": True, "name": "bmcd synthetic cells"},
-        verbose=verbose if verbose != 1 else 2, epochs=settings["epochs"], fine_tune_epochs=0,
-        batch_size=settings["batch_size"],
+        clf, split, model_dir, config=config,
+        dataset_info={"synthetic": True, "name": "bmcd synthetic cells"},
     )
     seconds.update(result["seconds"])
     report = result["report"]
@@ -310,7 +242,8 @@ def _export_quantize_score(clf, split, out: Path, model_dir: Path, *, precision:
         "precision": precision,
         "n": len(test_paths),
         "max_abs_diff": float(np.max(np.abs(p_onnx - p_keras))),
-        "label_agreement": float(np.mean((p_onnx >= thr) == (p_keras >= thr))),
+        "label_agreement": float(np.mean(label_indices(p_onnx, thr)
+                                         == label_indices(p_keras, thr))),
     }
     say(f"      {summary}")
     say(f"      ONNX Runtime {precision} vs Keras on these files: max |dp| = "

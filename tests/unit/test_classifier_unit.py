@@ -127,7 +127,7 @@ def test_resolve_inputs_forms(synthetic_small, tmp_path):
 
 
 def test_cache_images_is_lossless_uint8(synthetic_small):
-    from bmcd.runtimes.keras import cache_images
+    from bmcd.training.sequence import cache_images
 
     files = sorted(synthetic_small.rglob("*.bmp"))[:10]
     cfg = PreprocessConfig(image_size=40)
@@ -138,7 +138,7 @@ def test_cache_images_is_lossless_uint8(synthetic_small):
 
 
 def test_cache_images_memmap_is_reused(synthetic_small, tmp_path, monkeypatch):
-    import bmcd.runtimes.keras as kb
+    import bmcd.training.sequence as kb
 
     files = sorted(synthetic_small.rglob("*.bmp"))[:6]
     cfg = PreprocessConfig(image_size=32)
@@ -167,7 +167,7 @@ def test_load_errors_before_tensorflow(tmp_path):
 
 def test_importing_classifier_does_not_import_tensorflow():
     code = (
-        "import sys, bmcd, bmcd.classifier, bmcd.demo, bmcd.runtimes.keras; "
+        "import sys, bmcd, bmcd.classifier, bmcd.demo, bmcd.runtimes.keras, bmcd.training; "
         "from bmcd import Classifier; Classifier(weights=None).get_params(); "
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
@@ -223,7 +223,7 @@ def _tiny_xy(n=12, size=32):
 
 
 def test_scratch_training_is_one_full_phase_with_fast_bn_momentum(keras):
-    from bmcd.runtimes.keras import SCRATCH_BN_MOMENTUM, build_model, train_model
+    from bmcd.training import SCRATCH_BN_MOMENTUM, build_model, train_model
 
     model = build_model("mobilenet_v2", 32, weights=None)
     bns = [layer for layer in model.get_layer("backbone").layers
@@ -248,7 +248,7 @@ def test_scratch_training_is_one_full_phase_with_fast_bn_momentum(keras):
 
 
 def test_transfer_training_freezes_then_fine_tunes_from_named_layer(keras):
-    from bmcd.runtimes.keras import build_model, train_model
+    from bmcd.training import build_model, train_model
 
     model = build_model("mobilenet_v2", 32, weights=None, bn_momentum=0.99)
     calls = []
@@ -276,7 +276,7 @@ def test_transfer_training_freezes_then_fine_tunes_from_named_layer(keras):
 
 def test_cell_sequence_batches_shuffle_and_augment(keras):
     from bmcd.data import balance_augment
-    from bmcd.runtimes.keras import _sequence_class
+    from bmcd.training.sequence import sequence_class
 
     n = 10
     # image i is constant i (flips/rotations leave it unchanged), plus a marker pixel
@@ -285,7 +285,7 @@ def test_cell_sequence_batches_shuffle_and_augment(keras):
     images[:, 0, 0, :] = 255
     labels = np.array([1] * 7 + [0] * 3)
     idx, transforms = balance_augment(labels, seed=0)
-    Seq = _sequence_class()
+    Seq = sequence_class()
     seq = Seq(images, labels, 4, indices=idx, transforms=transforms, shuffle=True,
               augment=True, seed=3)
     assert len(seq) == -(-len(idx) // 4) == 4
@@ -316,7 +316,7 @@ def test_imagenet_weights_offline_raise_clear_error(keras, tmp_path, monkeypatch
     import keras.src.backend.config as kconfig
     import keras.src.utils.file_utils as file_utils
 
-    from bmcd.runtimes.keras import build_model
+    from bmcd.training import build_model
 
     home = tmp_path / "keras_home"  # an empty Keras cache
     home.mkdir()
