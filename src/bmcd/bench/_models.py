@@ -39,7 +39,7 @@ def _bench_stamp(arch: str, image_size: int) -> dict[str, Any]:
     import onnxruntime as ort
 
     from ..exporters.onnx import export_onnx, quantize_int8
-    from ..runtimes.keras import build_model
+    from ..training.models import build_model
 
     digest = hashlib.sha256(inspect.getsource(build_bench_model).encode())
     # the source files of the model builder and of the exporter, wherever they live
@@ -84,7 +84,8 @@ def build_bench_model(
        means nothing for random weights, and int8 speed does not depend on them.
     """
     from ..exporters.onnx import export_onnx, quantize_int8
-    from ..runtimes.keras import build_model, keras_module
+    from ..runtimes.keras import keras_module
+    from ..training.models import build_model
 
     keras = keras_module("building a benchmark model")
     out = Path(out_dir)

@@ -21,16 +21,6 @@ def _weights_arg(text: str) -> str | None:
     return None if text.lower() == "none" else text
 
 
-def _balance_arg(text: str) -> str | None:
-    if text.lower() == "none":
-        return None
-    if text not in ("augment", "class_weight"):
-        raise argparse.ArgumentTypeError(
-            f"expected augment, class_weight or none; received {text!r}"
-        )
-    return text
-
-
 def _fraction_arg(text: str) -> float:
     try:
         value = float(text)
@@ -61,59 +51,16 @@ def _load_classifier(args: argparse.Namespace):
     return Classifier.load(args.model, backend=args.backend, **options)
 
 
-# ---------------------------------------------------------------------------------------
-# training settings of ``bmcd train``: flags and the keyword arguments they become.
-# MERGE NOTE: these two functions are the place to swap in bmcd.training.TrainConfig
-# (TrainConfig.add_arguments(p) / TrainConfig.from_namespace(args)) once it exists; the
-# flags, their order, defaults and help texts must stay as they are (docs/cli.rst).
-# ---------------------------------------------------------------------------------------
-
-
 def _add_training_settings(p: argparse.ArgumentParser) -> None:
-    """Declare ``--image-size`` ... ``--checkpoint-dir`` of ``bmcd train`` (in help order)."""
+    """``--image-size``, ``--weights`` and the :class:`~bmcd.training.TrainConfig` flags."""
+    from ..training.config import TrainConfig
+
     p.add_argument("--image-size", type=int, default=224, metavar="S",
                    help="network input side in pixels (default: 224)")
-    p.add_argument("--epochs", type=int, default=5, metavar="N",
-                   help="frozen-backbone epochs (default: 5)")
-    p.add_argument("--fine-tune-epochs", type=int, default=5, metavar="N",
-                   help="fine-tuning epochs (default: 5); with --weights none the network "
-                        "trains for epochs + fine-tune-epochs")
-    p.add_argument("--fine-tune-from", default=None, metavar="LAYER",
-                   help="first backbone layer unfrozen when fine-tuning (default per arch)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
-    p.add_argument("--fine-tune-lr", type=float, default=1e-5,
-                   help="fine-tuning learning rate (default: 1e-5)")
     p.add_argument("--weights", type=_weights_arg, default="imagenet", metavar="W",
                    help="imagenet (default; downloaded once), none (from scratch) or a "
                         "local weights file")
-    p.add_argument("--balance", type=_balance_arg, default="augment", metavar="B",
-                   help="augment (default), class_weight or none")
-    p.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="no random flips / rotations while training")
-    p.add_argument("--patience", type=int, default=5, metavar="N",
-                   help="early-stopping patience in epochs (default: 5)")
-    p.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="keep preprocessed images in a memory map here (large sets)")
-    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
-                   help="keep the best model of each training phase here")
-
-
-def _training_settings(args: argparse.Namespace) -> dict:
-    """The keyword arguments of ``train_and_evaluate`` set by :func:`_add_training_settings`.
-
-    ``--image-size`` and ``--weights`` are Classifier arguments, read in :func:`_cmd_train`.
-    """
-    return dict(
-        epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
-        fine_tune_from=args.fine_tune_from, batch_size=args.batch_size,
-        learning_rate=args.lr, fine_tune_learning_rate=args.fine_tune_lr,
-        balance=args.balance, augment=args.augment,
-        early_stopping_patience=args.patience, cache_dir=args.cache_dir,
-        checkpoint_dir=args.checkpoint_dir,
-    )
-
-# ------------------------------------------------------------- end of training settings
+    TrainConfig.add_arguments(p)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -146,7 +93,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..classifier import Classifier
     from ..data import load_dataset, split_by_subject, split_given, split_random
-    from ..demo import train_and_evaluate
+    from ..training.config import TrainConfig
+    from ..training.evaluate import train_and_evaluate
 
     ds = load_dataset(args.data)
     if args.split == "subject":
@@ -164,8 +112,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         clf = Classifier(arch=args.arch, image_size=args.image_size, weights=args.weights,
                          seed=args.seed)
-        result = train_and_evaluate(clf, split, args.out, verbose=verbose,
-                                    **_training_settings(args))
+        config = TrainConfig.from_namespace(args, verbose=verbose)
+        result = train_and_evaluate(clf, split, args.out, config=config)
     except ValueError as exc:
         if isinstance(exc, BmcdError):
             raise
