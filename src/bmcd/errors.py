@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "OutputExistsError",
     "BenchError",
+    "ConfigTypeError",
 ]
 
 
@@ -90,3 +91,7 @@ class OutputExistsError(BmcdError, FileExistsError):
 
 class BenchError(BmcdError, RuntimeError):
     """A benchmark could not run, or a backend gave a wrong answer (parity failure)."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """An argument has the wrong type (e.g. a model object bmcd cannot score with)."""
