@@ -501,3 +501,71 @@ def test_importing_the_exporters_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.replace("'", '"')) == []
+
+
+# ---------------------------------------------------------------------------------------
+# the shared pieces: session factory, input resolution, int8 settings
+# ---------------------------------------------------------------------------------------
+
+
+def test_make_session_sets_options_once_and_fails_clearly(tmp_path):
+    from bmcd.errors import ConfigError
+    from bmcd.runtimes.onnx import make_session
+
+    path = _mean_model(tmp_path / "m")
+    s = make_session(path, threads=1)
+    assert s.get_providers() == ["CPUExecutionProvider"]
+    assert s.get_session_options().intra_op_num_threads == 1
+    assert [i.name for i in s.get_inputs()] == ["image"]
+    with pytest.raises(ConfigError, match="not available"):
+        make_session(path, providers=["NoSuchExecutionProvider"])
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(ModelFormatError, match="could not load") as err:
+        make_session(bad)
+    assert str(bad) in str(err.value)
+
+
+def test_resolve_image_paths_labels_plain_folders_and_errors(cells, tmp_path):
+    from bmcd.data import DatasetError, load_dataset, resolve_image_paths
+
+    ds = load_dataset(cells)
+    paths, labels = resolve_image_paths(cells)
+    assert paths == ds.absolute_paths() and labels.tolist() == ds.labels.tolist()
+    paths, labels = resolve_image_paths(ds)
+    assert paths == ds.absolute_paths() and labels.dtype == np.int64
+
+    plain = tmp_path / "plain"
+    (plain / "b").mkdir(parents=True)
+    for i, p in enumerate(ds.absolute_paths()[:3]):
+        (plain / ("b" if i else "") / Path(p).name).write_bytes(Path(p).read_bytes())
+    (plain / ".hidden.bmp").write_bytes(Path(ds.absolute_paths()[0]).read_bytes())
+    (plain / "notes.txt").write_text("not an image")
+    paths, labels = resolve_image_paths(plain)
+    assert labels is None and len(paths) == 3 and paths == sorted(paths)
+    assert not any(Path(p).name.startswith(".") for p in paths)
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="No images found"):
+        resolve_image_paths(tmp_path / "empty")
+    with pytest.raises(DatasetError):
+        resolve_image_paths(tmp_path / "missing")
+
+
+def test_quantize_config_checks_and_is_exclusive_with_keywords(conv_dir):
+    from bmcd.errors import ConfigError
+    from bmcd.exporters import QuantizeConfig
+
+    assert QuantizeConfig().to_dict()["quant_format"] == "QDQ"
+    with pytest.raises(ConfigError, match="quant_format"):
+        QuantizeConfig(quant_format="int4")
+    with pytest.raises(ConfigError, match=">= 1"):
+        QuantizeConfig(n=0)
+    with pytest.raises(ConfigError, match="not both") as err:
+        ex.quantize_int8(conv_dir, n=50, config=QuantizeConfig(n=60))
+    assert "'n': 50" in str(err.value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        rec = ex.quantize_int8(conv_dir, config=QuantizeConfig(n=20, n_validation=20,
+                                                               force=True))
+    assert rec["calibration"]["n"] == 20 and rec["gate"]["n"] == 20

@@ -44,7 +44,7 @@ __all__ = [
     "quantize_int8",
 ]
 
-# int8 gate (docs/architecture.rst, "exporters"): int8 rounding changes p(all) by up to a
+# int8 gate (docs/models.rst, "Export tolerances"): int8 rounding changes p(all) by up to a
 # few 1e-2, which may flip a cell lying on the threshold, so labels are compared as an
 # agreement rate rather than exactly; ranking quality must not move by more than 0.01 of
 # ROC-AUC.
