@@ -40,7 +40,7 @@ from bmcd.artifact import (  # noqa: E402
 from bmcd.errors import ExportValidationError, ModelFormatError  # noqa: E402
 from bmcd.exporters import _common as common  # noqa: E402
 from bmcd.exporters import onnx as ex  # noqa: E402
-from bmcd.exporters import quantize as q  # noqa: E402
+from bmcd.exporters import quantize as qz  # noqa: E402
 from bmcd.preprocessing import PreprocessConfig, preprocess_batch  # noqa: E402
 from bmcd.runtimes.onnx import make_session  # noqa: E402
 
@@ -262,7 +262,7 @@ def test_int8_gate(exported):
     stored = read_model_json(exported["dir"])["exports"]["onnx_int8"]
     assert stored["sha256"] == common._sha256(path) and stored["gate"] == g
     assert stored["source_sha256"] == read_model_json(exported["dir"])["exports"]["onnx"]["sha256"]
-    assert g["n"] == ex.DEFAULT_INT8_VALIDATION and g["labels_known"]
+    assert g["n"] == qz.DEFAULT_INT8_VALIDATION and g["labels_known"]
     # the gate's verdict is exactly the stated rule, and forced == failed
     rule = g["label_agreement"] >= 0.99 and abs(g["roc_auc_change"]) <= 0.01
     assert g["passed"] == rule and rec["forced"] == (not rule)
@@ -289,7 +289,7 @@ def test_int8_parity_on_real_cnmc_images(exported, cnmc_sample_dir):
     s32 = make_session(exported["dir"] / ONNX_FILE)
     p32 = common._run_session(s32, x, 8)
     p8 = common._run_session(make_session(exported["dir"] / ONNX_INT8_FILE), x, 8)
-    g = q._gate(p32, p8, ds.labels, 0.5, 0.99, 0.01)
+    g = qz._gate(p32, p8, ds.labels, 0.5, 0.99, 0.01)
     print(f"\n{exported['arch']} int8 vs fp32 on {len(x)} real images: {json.dumps(g)}")
     assert g["finite"] and g["n"] == len(ds) == 30
     # The networks were trained on synthetic cells only, so real cells are off their

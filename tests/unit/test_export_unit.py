@@ -34,7 +34,7 @@ from bmcd.errors import ExportValidationError, ModelFormatError  # noqa: E402
 from bmcd.exporters import _common as common  # noqa: E402
 from bmcd.exporters import _samples as smp  # noqa: E402
 from bmcd.exporters import onnx as ex  # noqa: E402
-from bmcd.exporters import quantize as q  # noqa: E402
+from bmcd.exporters import quantize as qz  # noqa: E402
 from bmcd.preprocessing import PreprocessConfig  # noqa: E402
 
 S = 32
@@ -265,9 +265,9 @@ def test_float_nodes_keep_first_conv_and_head():
              enumerate(["Mul", "Conv", "Relu", "Conv", "Relu", "GlobalAveragePool", "Gemm",
                         "Sigmoid"])]
     m = helper.make_model(helper.make_graph(nodes, "g", [], []))
-    assert q._float_nodes(m, True, True) == ["n1", "n4", "n5", "n6", "n7"]
-    assert q._float_nodes(m, True, False) == ["n4", "n5", "n6", "n7"]
-    assert q._float_nodes(m, False, False) == []
+    assert qz._float_nodes(m, True, True) == ["n1", "n4", "n5", "n6", "n7"]
+    assert qz._float_nodes(m, True, False) == ["n4", "n5", "n6", "n7"]
+    assert qz._float_nodes(m, False, False) == []
 
 
 def test_metadata_carries_the_model_json_subset_and_plain_keys():
@@ -319,24 +319,24 @@ def test_validate_parity_passes_on_the_same_function_and_catches_offsets(tmp_pat
 def test_gate_numbers_on_hand_made_scores():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     p32 = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
-    g = q._gate(p32, p32.copy(), y, 0.5, 0.99, 0.01)
+    g = qz._gate(p32, p32.copy(), y, 0.5, 0.99, 0.01)
     assert g["passed"] and g["label_agreement"] == 1.0 and g["roc_auc_change"] == 0.0
     assert g["roc_auc_fp32"] == pytest.approx(15 / 16)  # only 0.4 < 0.6 is misordered
 
     p8 = p32.copy()
     p8[3] = 0.45  # one label flips (hem 0.6 -> 0.45: now correct), AUC unchanged
-    g = q._gate(p32, p8, y, 0.5, 0.99, 0.01)
+    g = qz._gate(p32, p8, y, 0.5, 0.99, 0.01)
     assert g["label_agreement"] == 7 / 8 and g["label_disagreements"] == 1 and not g["passed"]
     assert g["f1_weighted_change"] > 0
-    g = q._gate(p32, p8, y, 0.5, 0.8, 0.01)
+    g = qz._gate(p32, p8, y, 0.5, 0.8, 0.01)
     assert g["passed"]
 
     p8 = p32.copy()
     p8[4] = 0.95  # the worst 'all' becomes the best: AUC 15/16 -> 1, one label flips
-    g = q._gate(p32, p8, y, 0.5, 0.5, 0.01)
+    g = qz._gate(p32, p8, y, 0.5, 0.5, 0.01)
     assert g["roc_auc_change"] == pytest.approx(1 / 16) and not g["passed"]
 
-    g = q._gate(p32, p32, None, 0.5, 0.99, 0.01)  # labels unknown: agreement only
+    g = qz._gate(p32, p32, None, 0.5, 0.99, 0.01)  # labels unknown: agreement only
     assert g["passed"] and "roc_auc_change" not in g and g["labels_known"] is False
 
 
