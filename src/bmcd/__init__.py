@@ -40,7 +40,7 @@ _LAZY = {
     "make_cells": "bmcd.synthetic",
     "score": "bmcd.scoring",
     "export_onnx": "bmcd.exporters.onnx",
-    "quantize_int8": "bmcd.exporters.onnx",
+    "quantize_int8": "bmcd.exporters.quantize",
 }
 
 __all__ = [
@@ -72,7 +72,8 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from .classifier import Classifier
     from .data import Dataset, load_dataset, parse_subject, split_by_subject, split_random
-    from .exporters.onnx import export_onnx, quantize_int8
+    from .exporters.onnx import export_onnx
+    from .exporters.quantize import quantize_int8
     from .metrics import EvaluationReport
     from .scoring import score
     from .synthetic import make_cells

@@ -52,6 +52,7 @@ __all__ = [
     "class_weights",
     "is_image_file",
     "iter_image_files",
+    "resolve_image_paths",
 ]
 
 #: Geometric transforms used to oversample the minority class (originals get "none").
@@ -1049,3 +1050,63 @@ def class_weights(labels: Sequence[int] | np.ndarray) -> dict[int, float]:
     idx0, idx1 = _class_indices(labels)
     n = labels.size
     return {0: n / (2 * idx0.size), 1: n / (2 * idx1.size)}
+
+
+def resolve_image_paths(
+    source: str | os.PathLike | Dataset,
+) -> tuple[list[str], np.ndarray | None]:
+    """The image files (and labels, when known) that a dataset, folder or manifest stands for.
+
+    The one place where "a folder of images" is turned into files, for every input that
+    may be either a labelled dataset or just a folder of images (model inputs, export and
+    calibration samples).
+
+    Parameters
+    ----------
+    source : path or Dataset
+        A :class:`Dataset` (returned as its absolute paths and labels); a dataset folder or
+        CSV manifest in a layout :func:`load_dataset` recognises (its paths and labels); or
+        any other folder, whose image files are all taken (recursively, with
+        :func:`iter_image_files`, so hidden files are skipped), sorted, without labels.
+
+    Returns
+    -------
+    paths : list of str
+        Absolute image paths.
+    labels : ndarray of int64 or None
+        1 = ``"all"``, 0 = ``"hem"`` per path, or None for a plain folder of images.
+
+    Raises
+    ------
+    DatasetError
+        The path does not exist, is a file that is not a CSV manifest, or a folder / manifest
+        with no images in it.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("b.png", "sub/a.bmp", ".hidden.bmp"):
+    ...     (d / name).parent.mkdir(exist_ok=True)
+    ...     _ = (d / name).write_bytes(b"")
+    >>> paths, labels = resolve_image_paths(d)
+    >>> [pathlib.Path(p).name for p in paths], labels
+    (['b.png', 'a.bmp'], None)
+    """
+    if isinstance(source, Dataset):
+        return source.absolute_paths(), np.asarray(source.labels, dtype=np.int64)
+    try:
+        ds = load_dataset(source)
+    except DatasetError:
+        if not os.path.isdir(os.fspath(source)):
+            raise
+        paths = _scan_images(os.path.abspath(os.fspath(source)))
+        labels = None
+    else:
+        paths, labels = ds.absolute_paths(), np.asarray(ds.labels, dtype=np.int64)
+    if not paths:
+        raise DatasetError(
+            f"No images found in '{source}' (looked for "
+            f"{', '.join(IMAGE_EXTENSIONS)}; hidden files are skipped)."
+        )
+    return paths, labels

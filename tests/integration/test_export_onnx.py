@@ -38,8 +38,11 @@ from bmcd.artifact import (  # noqa: E402
     write_model_json,
 )
 from bmcd.errors import ExportValidationError, ModelFormatError  # noqa: E402
+from bmcd.exporters import _common as common  # noqa: E402
 from bmcd.exporters import onnx as ex  # noqa: E402
+from bmcd.exporters import quantize as qz  # noqa: E402
 from bmcd.preprocessing import PreprocessConfig, preprocess_batch  # noqa: E402
+from bmcd.runtimes.onnx import make_session  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.train]
 
@@ -55,7 +58,8 @@ def _train_resnet_dir(x: np.ndarray, y: np.ndarray, out: Path) -> Path:
     statistics as exact averages over training batches: after so few steps the moving
     averages are still far from the data, and inference-mode outputs would be constant.
     """
-    from bmcd.runtimes.keras import build_model, keras_module
+    from bmcd.runtimes.keras import keras_module
+    from bmcd.training import build_model
 
     keras = keras_module()
     keras.utils.set_random_seed(0)
@@ -165,7 +169,7 @@ def test_bmcd_json_records_the_file_and_the_file_describes_itself(exported, tmp_
     d = exported["dir"]
     stored = read_model_json(d)["exports"]["onnx"]
     path = d / ONNX_FILE
-    assert stored["file"] == ONNX_FILE and stored["sha256"] == ex._sha256(path)
+    assert stored["file"] == ONNX_FILE and stored["sha256"] == common._sha256(path)
     assert stored["bytes"] == path.stat().st_size
     assert (stored["opset"], stored["ir_version"]) == (ex.DEFAULT_OPSET, 8)
     assert not _tmp_files(d)
@@ -234,7 +238,7 @@ def test_export_without_validation_is_recorded_as_such(exported, tmp_path, monke
     rec = ex.export_onnx(exported["dir"], out=tmp_path / "serve", validate=False)
     stored = read_model_json(tmp_path / "serve")["exports"]["onnx"]
     assert stored["validated"] is False and stored["parity"] is None and stored["samples"] is None
-    assert stored["sha256"] == ex._sha256(Path(rec["path"]))
+    assert stored["sha256"] == common._sha256(Path(rec["path"]))
     assert not (tmp_path / "serve" / KERAS_FILE).exists()  # a serving directory
 
 
@@ -257,9 +261,9 @@ def test_int8_gate(exported):
     g = rec["gate"]
     path = exported["dir"] / ONNX_INT8_FILE
     stored = read_model_json(exported["dir"])["exports"]["onnx_int8"]
-    assert stored["sha256"] == ex._sha256(path) and stored["gate"] == g
+    assert stored["sha256"] == common._sha256(path) and stored["gate"] == g
     assert stored["source_sha256"] == read_model_json(exported["dir"])["exports"]["onnx"]["sha256"]
-    assert g["n"] == ex.DEFAULT_INT8_VALIDATION and g["labels_known"]
+    assert g["n"] == qz.DEFAULT_INT8_VALIDATION and g["labels_known"]
     # the gate's verdict is exactly the stated rule, and forced == failed
     rule = g["label_agreement"] >= 0.99 and abs(g["roc_auc_change"]) <= 0.01
     assert g["passed"] == rule and rec["forced"] == (not rule)
@@ -283,10 +287,10 @@ def test_int8_parity_on_real_cnmc_images(exported, cnmc_sample_dir):
 
     ds = load_dataset(cnmc_sample_dir)
     x = preprocess_batch(ds.absolute_paths(), PreprocessConfig(image_size=exported["size"]))
-    s32 = ex._session(exported["dir"] / ONNX_FILE)
-    p32 = ex._run_session(s32, x, 8)
-    p8 = ex._run_session(ex._session(exported["dir"] / ONNX_INT8_FILE), x, 8)
-    g = ex._gate(p32, p8, ds.labels, 0.5, 0.99, 0.01)
+    s32 = make_session(exported["dir"] / ONNX_FILE)
+    p32 = common._run_session(s32, x, 8)
+    p8 = common._run_session(make_session(exported["dir"] / ONNX_INT8_FILE), x, 8)
+    g = qz._gate(p32, p8, ds.labels, 0.5, 0.99, 0.01)
     print(f"\n{exported['arch']} int8 vs fp32 on {len(x)} real images: {json.dumps(g)}")
     assert g["finite"] and g["n"] == len(ds) == 30
     # The networks were trained on synthetic cells only, so real cells are off their
@@ -354,7 +358,7 @@ def test_export_from_a_classifier(exported, tmp_path, monkeypatch):
     rec = ex.export_onnx(clf, out=out, n_samples=8)
     assert (out / KERAS_FILE).is_file() and (out / ONNX_FILE).is_file()
     assert rec["parity"]["passed"] and rec["parity"]["n"] == 8
-    assert read_model_json(out)["exports"]["onnx"]["sha256"] == ex._sha256(out / ONNX_FILE)
+    assert read_model_json(out)["exports"]["onnx"]["sha256"] == common._sha256(out / ONNX_FILE)
 
     clf.model_dir_ = None
     with pytest.raises(ValueError, match="needs out="):

@@ -31,7 +31,10 @@ from bmcd.artifact import (  # noqa: E402
     write_model_json,
 )
 from bmcd.errors import ExportValidationError, ModelFormatError  # noqa: E402
+from bmcd.exporters import _common as common  # noqa: E402
+from bmcd.exporters import _samples as smp  # noqa: E402
 from bmcd.exporters import onnx as ex  # noqa: E402
+from bmcd.exporters import quantize as qz  # noqa: E402
 from bmcd.preprocessing import PreprocessConfig  # noqa: E402
 
 S = 32
@@ -48,7 +51,7 @@ def _save_model(nodes, inits, model_dir: Path, meta: dict, out_name: str = "p_al
     graph = helper.make_graph(nodes, "tiny", [x], [y], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    ex._set_metadata(model, ex._human_metadata(meta, "fp32"))
+    common._set_metadata(model, common._human_metadata(meta, "fp32"))
     model_dir.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(model_dir / ONNX_FILE))
     return model_dir / ONNX_FILE
@@ -188,9 +191,9 @@ def test_unsupported_opset_or_ir_fails_clearly(opset, ir):
 
 
 def test_subset_indices_are_even_and_deterministic():
-    assert ex._subset_indices(5, None).tolist() == [0, 1, 2, 3, 4]
-    assert ex._subset_indices(5, 10).tolist() == [0, 1, 2, 3, 4]
-    assert ex._subset_indices(11, 3).tolist() == [0, 5, 10]
+    assert smp._subset_indices(5, None).tolist() == [0, 1, 2, 3, 4]
+    assert smp._subset_indices(5, 10).tolist() == [0, 1, 2, 3, 4]
+    assert smp._subset_indices(11, 3).tolist() == [0, 5, 10]
 
 
 def test_samples_from_array_dataset_folder_and_list(cells, tmp_path):
@@ -198,33 +201,33 @@ def test_samples_from_array_dataset_folder_and_list(cells, tmp_path):
 
     cfg = PreprocessConfig(image_size=S)
     arr = np.random.default_rng(0).uniform(0, 255, (7, S, S, 3)).astype(np.float32)
-    s = ex._resolve_samples(arr, cfg, default_n=4, limit=None, seed=0, purpose="t")
+    s = smp._resolve_samples(arr, cfg, default_n=4, limit=None, seed=0, purpose="t")
     assert s.x.shape == (7, S, S, 3) and s.labels is None and "array" in s.source
     with pytest.raises(ValueError, match=r"\(n, 32, 32, 3\)"):
-        ex._resolve_samples(arr[:, :16], cfg, default_n=4, limit=None, seed=0, purpose="t")
+        smp._resolve_samples(arr[:, :16], cfg, default_n=4, limit=None, seed=0, purpose="t")
 
     ds = load_dataset(cells)
-    s = ex._resolve_samples(ds, cfg, default_n=4, limit=None, seed=0, purpose="t")
+    s = smp._resolve_samples(ds, cfg, default_n=4, limit=None, seed=0, purpose="t")
     assert s.x.shape == (24, S, S, 3) and s.labels.tolist() == ds.labels.tolist()
-    s = ex._resolve_samples(str(cells), cfg, default_n=4, limit=6, seed=0, purpose="t")
+    s = smp._resolve_samples(str(cells), cfg, default_n=4, limit=6, seed=0, purpose="t")
     assert len(s.x) == 6 and sorted(set(s.labels.tolist())) == [0, 1]  # both classes kept
 
     loose = tmp_path / "loose" / "deeper"
     loose.mkdir(parents=True)
     for p in ds.absolute_paths()[:3]:
         (loose / Path(p).name).write_bytes(Path(p).read_bytes())
-    s = ex._resolve_samples(tmp_path / "loose", cfg, default_n=4, limit=None, seed=0, purpose="t")
+    s = smp._resolve_samples(tmp_path / "loose", cfg, default_n=4, limit=None, seed=0, purpose="t")
     assert len(s.x) == 3 and s.labels is None and "labels unknown" in s.source
 
-    s = ex._resolve_samples(ds.absolute_paths()[:2], cfg, default_n=4, limit=None, seed=0,
+    s = smp._resolve_samples(ds.absolute_paths()[:2], cfg, default_n=4, limit=None, seed=0,
                             purpose="t")
     assert len(s.x) == 2 and s.labels is None
     with pytest.raises(TypeError):
-        ex._resolve_samples(3.5, cfg, default_n=4, limit=None, seed=0, purpose="t")
+        smp._resolve_samples(3.5, cfg, default_n=4, limit=None, seed=0, purpose="t")
 
 
 def test_synthetic_samples_are_labelled_and_say_so():
-    s = ex._resolve_samples(None, PreprocessConfig(image_size=S), default_n=10, limit=None,
+    s = smp._resolve_samples(None, PreprocessConfig(image_size=S), default_n=10, limit=None,
                             seed=5, purpose="a test")
     assert s.x.shape == (10, S, S, 3) and s.x.dtype == np.float32
     assert sorted(s.labels.tolist()) == [0] * 5 + [1] * 5
@@ -262,15 +265,15 @@ def test_float_nodes_keep_first_conv_and_head():
              enumerate(["Mul", "Conv", "Relu", "Conv", "Relu", "GlobalAveragePool", "Gemm",
                         "Sigmoid"])]
     m = helper.make_model(helper.make_graph(nodes, "g", [], []))
-    assert ex._float_nodes(m, True, True) == ["n1", "n4", "n5", "n6", "n7"]
-    assert ex._float_nodes(m, True, False) == ["n4", "n5", "n6", "n7"]
-    assert ex._float_nodes(m, False, False) == []
+    assert qz._float_nodes(m, True, True) == ["n1", "n4", "n5", "n6", "n7"]
+    assert qz._float_nodes(m, True, False) == ["n4", "n5", "n6", "n7"]
+    assert qz._float_nodes(m, False, False) == []
 
 
 def test_metadata_carries_the_model_json_subset_and_plain_keys():
     meta = new_model_json(arch="resnet50", preprocess=PreprocessConfig(image_size=S),
                           threshold=0.4)
-    props = ex._human_metadata(meta, "int8")
+    props = common._human_metadata(meta, "int8")
     parsed = parse_onnx_metadata(props)
     assert parsed["arch"] == "resnet50" and parsed["threshold"] == 0.4
     assert parsed["preprocess"] == PreprocessConfig(image_size=S).to_dict()
@@ -316,24 +319,24 @@ def test_validate_parity_passes_on_the_same_function_and_catches_offsets(tmp_pat
 def test_gate_numbers_on_hand_made_scores():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     p32 = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
-    g = ex._gate(p32, p32.copy(), y, 0.5, 0.99, 0.01)
+    g = qz._gate(p32, p32.copy(), y, 0.5, 0.99, 0.01)
     assert g["passed"] and g["label_agreement"] == 1.0 and g["roc_auc_change"] == 0.0
     assert g["roc_auc_fp32"] == pytest.approx(15 / 16)  # only 0.4 < 0.6 is misordered
 
     p8 = p32.copy()
     p8[3] = 0.45  # one label flips (hem 0.6 -> 0.45: now correct), AUC unchanged
-    g = ex._gate(p32, p8, y, 0.5, 0.99, 0.01)
+    g = qz._gate(p32, p8, y, 0.5, 0.99, 0.01)
     assert g["label_agreement"] == 7 / 8 and g["label_disagreements"] == 1 and not g["passed"]
     assert g["f1_weighted_change"] > 0
-    g = ex._gate(p32, p8, y, 0.5, 0.8, 0.01)
+    g = qz._gate(p32, p8, y, 0.5, 0.8, 0.01)
     assert g["passed"]
 
     p8 = p32.copy()
     p8[4] = 0.95  # the worst 'all' becomes the best: AUC 15/16 -> 1, one label flips
-    g = ex._gate(p32, p8, y, 0.5, 0.5, 0.01)
+    g = qz._gate(p32, p8, y, 0.5, 0.5, 0.01)
     assert g["roc_auc_change"] == pytest.approx(1 / 16) and not g["passed"]
 
-    g = ex._gate(p32, p32, None, 0.5, 0.99, 0.01)  # labels unknown: agreement only
+    g = qz._gate(p32, p32, None, 0.5, 0.99, 0.01)  # labels unknown: agreement only
     assert g["passed"] and "roc_auc_change" not in g and g["labels_known"] is False
 
 
@@ -345,7 +348,7 @@ def test_gate_numbers_on_hand_made_scores():
 def test_quantize_int8_writes_a_gated_self_describing_file(conv_dir, cells):
     from bmcd.runtimes.onnx import OnnxRuntimeBackend
 
-    update_model_json(conv_dir, "exports", "onnx", {"sha256": ex._sha256(conv_dir / ONNX_FILE)})
+    update_model_json(conv_dir, "exports", "onnx", {"sha256": common._sha256(conv_dir / ONNX_FILE)})
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # 100 calibration images: no warning
         rec = ex.quantize_int8(conv_dir, n=100, n_validation=None)
@@ -353,8 +356,8 @@ def test_quantize_int8_writes_a_gated_self_describing_file(conv_dir, cells):
     assert Path(rec["path"]) == out and out.is_file() and not _leftovers(conv_dir)
     meta = read_model_json(conv_dir)
     stored = meta["exports"]["onnx_int8"]
-    assert stored["sha256"] == ex._sha256(out) and stored["bytes"] == out.stat().st_size
-    assert stored["source_sha256"] == ex._sha256(conv_dir / ONNX_FILE)
+    assert stored["sha256"] == common._sha256(out) and stored["bytes"] == out.stat().st_size
+    assert stored["source_sha256"] == common._sha256(conv_dir / ONNX_FILE)
     assert stored["quant_format"] == "QDQ" and stored["per_channel"] is True
     assert stored["calibration"]["n"] == 100 and "synthetic" in stored["calibration"]["source"]
     g = stored["gate"]
@@ -498,3 +501,71 @@ def test_importing_the_exporters_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.replace("'", '"')) == []
+
+
+# ---------------------------------------------------------------------------------------
+# the shared pieces: session factory, input resolution, int8 settings
+# ---------------------------------------------------------------------------------------
+
+
+def test_make_session_sets_options_once_and_fails_clearly(tmp_path):
+    from bmcd.errors import ConfigError
+    from bmcd.runtimes.onnx import make_session
+
+    path = _mean_model(tmp_path / "m")
+    s = make_session(path, threads=1)
+    assert s.get_providers() == ["CPUExecutionProvider"]
+    assert s.get_session_options().intra_op_num_threads == 1
+    assert [i.name for i in s.get_inputs()] == ["image"]
+    with pytest.raises(ConfigError, match="not available"):
+        make_session(path, providers=["NoSuchExecutionProvider"])
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(ModelFormatError, match="could not load") as err:
+        make_session(bad)
+    assert str(bad) in str(err.value)
+
+
+def test_resolve_image_paths_labels_plain_folders_and_errors(cells, tmp_path):
+    from bmcd.data import DatasetError, load_dataset, resolve_image_paths
+
+    ds = load_dataset(cells)
+    paths, labels = resolve_image_paths(cells)
+    assert paths == ds.absolute_paths() and labels.tolist() == ds.labels.tolist()
+    paths, labels = resolve_image_paths(ds)
+    assert paths == ds.absolute_paths() and labels.dtype == np.int64
+
+    plain = tmp_path / "plain"
+    (plain / "b").mkdir(parents=True)
+    for i, p in enumerate(ds.absolute_paths()[:3]):
+        (plain / ("b" if i else "") / Path(p).name).write_bytes(Path(p).read_bytes())
+    (plain / ".hidden.bmp").write_bytes(Path(ds.absolute_paths()[0]).read_bytes())
+    (plain / "notes.txt").write_text("not an image")
+    paths, labels = resolve_image_paths(plain)
+    assert labels is None and len(paths) == 3 and paths == sorted(paths)
+    assert not any(Path(p).name.startswith(".") for p in paths)
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="No images found"):
+        resolve_image_paths(tmp_path / "empty")
+    with pytest.raises(DatasetError):
+        resolve_image_paths(tmp_path / "missing")
+
+
+def test_quantize_config_checks_and_is_exclusive_with_keywords(conv_dir):
+    from bmcd.errors import ConfigError
+    from bmcd.exporters import QuantizeConfig
+
+    assert QuantizeConfig().to_dict()["quant_format"] == "QDQ"
+    with pytest.raises(ConfigError, match="quant_format"):
+        QuantizeConfig(quant_format="int4")
+    with pytest.raises(ConfigError, match=">= 1"):
+        QuantizeConfig(n=0)
+    with pytest.raises(ConfigError, match="not both") as err:
+        ex.quantize_int8(conv_dir, n=50, config=QuantizeConfig(n=60))
+    assert "'n': 50" in str(err.value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        rec = ex.quantize_int8(conv_dir, config=QuantizeConfig(n=20, n_validation=20,
+                                                               force=True))
+    assert rec["calibration"]["n"] == 20 and rec["gate"]["n"] == 20

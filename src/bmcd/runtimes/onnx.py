@@ -16,18 +16,87 @@ from ..artifact import (
     ONNX_FILE,
     ONNX_INT8_FILE,
     parse_onnx_metadata,
-    read_model_json,
+    read_model_meta,
 )
-from ..errors import ModelFormatError
+from ..errors import ConfigError, ModelFormatError
 from ..preprocessing import default_workers
 from . import Backend, register_backend
 
-__all__ = ["OnnxRuntimeBackend", "PRECISIONS"]
+__all__ = ["OnnxRuntimeBackend", "PRECISIONS", "DEFAULT_PROVIDERS", "make_session"]
 
 PRECISIONS = {"fp32": ONNX_FILE, "int8": ONNX_INT8_FILE}
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
 _counter_lock = threading.Lock()
+
+
+def make_session(
+    path: str | os.PathLike | bytes,
+    *,
+    threads: int | None = None,
+    providers: list[str] | tuple[str, ...] | None = None,
+    inter_op_threads: int = 1,
+    allow_spinning: bool = True,
+):
+    """The one way bmcd opens an ONNX Runtime session.
+
+    ``SessionOptions`` are set once here (full graph optimisation, sequential execution,
+    warnings only) and execution providers are always passed explicitly, so the scoring
+    backend, the exporter's parity check and the int8 gate run models the same way.
+
+    Parameters
+    ----------
+    path : path or bytes
+        The ``.onnx`` file (or a serialised model).
+    threads : int, optional
+        Intra-op threads. Default: the usable CPU count
+        (:func:`bmcd.preprocessing.default_workers`).
+    providers : sequence of str, optional
+        Execution providers. Default :data:`DEFAULT_PROVIDERS` (``CPUExecutionProvider``).
+    inter_op_threads : int
+        Threads across operators (sequential execution uses 1).
+    allow_spinning : bool
+        Let idle intra-op threads spin (ONNX Runtime's default).
+
+    Returns
+    -------
+    onnxruntime.InferenceSession
+
+    Raises
+    ------
+    ConfigError
+        A provider is not available in the installed onnxruntime.
+    ModelFormatError
+        ONNX Runtime could not load the model.
+    """
+    import onnxruntime as ort
+
+    providers = list(providers) if providers else list(DEFAULT_PROVIDERS)
+    available = ort.get_available_providers()
+    unknown = [p for p in providers if p not in available]
+    if unknown:
+        raise ConfigError(
+            f"ONNX Runtime providers {unknown} are not available in this onnxruntime "
+            f"build; available: {available}."
+        )
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = int(threads) if threads else default_workers()
+    so.inter_op_num_threads = int(inter_op_threads)
+    so.log_severity_level = 3
+    if not allow_spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = path if isinstance(path, bytes) else str(path)
+    try:
+        return ort.InferenceSession(source, sess_options=so, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / ...
+        where = "the given model" if isinstance(path, bytes) else f"'{path}'"
+        raise ModelFormatError(
+            f"ONNX Runtime {ort.__version__} could not load {where} "
+            f"({exc.__class__.__name__}: {str(exc).strip()[:500]}). Re-export it with "
+            f"`bmcd export`."
+        ) from exc
 
 
 @register_backend("onnx")
@@ -82,7 +151,7 @@ class OnnxRuntimeBackend(Backend):
         allow_spinning: bool = True,
     ):
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, received {precision!r}.")
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, received {precision!r}.")
         self.model_path = Path(model_path)
         self.meta = meta
         self.precision = precision
@@ -94,30 +163,13 @@ class OnnxRuntimeBackend(Backend):
 
     # -- construction -------------------------------------------------------------------
     def _make_session(self):
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        unknown = [p for p in self.providers if p not in available]
-        if unknown:
-            raise ValueError(
-                f"ONNX Runtime providers {unknown} are not available in this onnxruntime "
-                f"build; available: {available}."
-            )
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = self.intra_op_threads
-        so.inter_op_num_threads = self.inter_op_threads
-        so.log_severity_level = 3
-        if not getattr(self, "allow_spinning", True):
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=self.providers)
-        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / ...
-            raise ModelFormatError(
-                f"ONNX Runtime could not load '{self.model_path}' ({exc.__class__.__name__}: "
-                f"{str(exc).strip()[:500]}). Re-export it with `bmcd export`."
-            ) from exc
+        session = make_session(
+            self.model_path,
+            threads=self.intra_op_threads,
+            providers=self.providers,
+            inter_op_threads=self.inter_op_threads,
+            allow_spinning=getattr(self, "allow_spinning", True),
+        )
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise ModelFormatError(
@@ -131,7 +183,7 @@ class OnnxRuntimeBackend(Backend):
                 session.get_modelmeta().custom_metadata_map, source=str(self.model_path)
             )
         shape = inputs[0].shape
-        S = int(self.meta["image_size"])
+        S = self.image_size
         if len(shape) != 4 or list(shape[1:]) != [S, S, 3]:
             raise ModelFormatError(
                 f"'{self.model_path}' takes input of shape {shape}, but its metadata says "
@@ -158,9 +210,9 @@ class OnnxRuntimeBackend(Backend):
         """
         p = Path(path)
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, received {precision!r}.")
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, received {precision!r}.")
         if p.is_dir():
-            meta = read_model_json(p)
+            meta = read_model_meta(p).to_dict()
             file = p / PRECISIONS[precision]
             if not file.is_file():
                 flag = " --int8" if precision == "int8" else ""
@@ -189,7 +241,7 @@ class OnnxRuntimeBackend(Backend):
         """p(all) for a preprocessed batch ``(n, S, S, 3)`` float32 RGB in [0, 255]."""
         S = self.image_size
         if x.ndim != 4 or x.shape[1:] != (S, S, 3):
-            raise ValueError(
+            raise ConfigError(
                 f"Expected a preprocessed batch of shape (n, {S}, {S}, 3), received {x.shape}. "
                 f"Run bmcd.preprocessing.preprocess_batch with this model's config first."
             )
