@@ -26,7 +26,7 @@ import numpy as np
 from ._version import __version__
 from .artifact import CLASSES, ModelMeta, write_model_json
 from .data import Dataset, iter_image_files, load_dataset
-from .errors import ConfigError, DatasetError, ModelFormatError, NotFittedError
+from .errors import ConfigError, ConfigTypeError, DatasetError, ModelFormatError, NotFittedError
 from .labels import label_names
 from .preprocessing import IMAGE_EXTENSIONS, PreprocessConfig, preprocess_batch
 from .training import TrainConfig
@@ -97,7 +97,7 @@ def _resolve_inputs(X: Any) -> tuple[list[Any], list[str] | None]:
             isinstance(i, (str, os.PathLike)) for i in items
         ) else None
         return items, paths
-    raise TypeError(
+    raise ConfigTypeError(
         f"Cannot predict on {type(X).__name__}; pass image paths, a folder, a Dataset, one "
         f"RGB image array (H, W, 3) or a batch (n, H, W, 3)."
     )
@@ -212,7 +212,7 @@ class Classifier:
         if self.preprocess is None:
             return PreprocessConfig(image_size=int(self.image_size))
         if not isinstance(self.preprocess, PreprocessConfig):
-            raise TypeError(
+            raise ConfigTypeError(
                 f"preprocess must be a PreprocessConfig or None; received "
                 f"{type(self.preprocess).__name__}."
             )

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigTypeError
 from .labels import label_indices
 from .training import TrainConfig, train_and_evaluate
 
@@ -94,7 +95,7 @@ def run_demo(
     settings = dict(DEMO_SETTINGS["quick" if quick else "full"])
     unknown = set(overrides) - set(settings)
     if unknown:
-        raise TypeError(f"run_demo got unknown settings {sorted(unknown)}; known: {sorted(settings)}.")
+        raise ConfigTypeError(f"run_demo got unknown settings {sorted(unknown)}; known: {sorted(settings)}.")
     settings.update(overrides)
     out = Path(out)
     data_dir, model_dir = out / "data", out / "model"

@@ -22,6 +22,8 @@ __all__ = [
     "OutputExistsError",
     "BenchError",
     "ConfigTypeError",
+    "MissingFileError",
+    "OutputWriteError",
 ]
 
 
@@ -95,3 +97,11 @@ class BenchError(BmcdError, RuntimeError):
 
 class ConfigTypeError(ConfigError, TypeError):
     """An argument has the wrong type (e.g. a model object bmcd cannot score with)."""
+
+
+class MissingFileError(BmcdError, FileNotFoundError):
+    """A file bmcd needs (a report, a model file, an input) does not exist."""
+
+
+class OutputWriteError(BmcdError, OSError):
+    """An output file or folder cannot be written (no permission, read-only, disk full)."""

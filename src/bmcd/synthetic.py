@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputWriteError
 
 __all__ = [
     "SubjectStyle",
@@ -425,7 +425,7 @@ def make_cells(
         rgb = make_cell_image(rng, label, styles[sid], image_size)
         ok, buf = cv2.imencode(".bmp", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         if not ok:  # pragma: no cover - OpenCV always encodes BMP
-            raise OSError(f"could not encode {path}")
+            raise OutputWriteError(f"could not encode {path}")
         path.write_bytes(buf.tobytes())
 
     from tqdm.auto import tqdm

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import ConfigError, ModelFormatError
+from ..errors import ConfigError, MissingFileError, ModelFormatError
 from ._scores import _as_labels, _as_scores, _check_same_length, _div, classification_metrics
 
 METRICS_JSON = "metrics.json"
@@ -343,7 +343,7 @@ class EvaluationReport:
         p = Path(path)
         f = p / METRICS_JSON if p.is_dir() else p
         if not f.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"No {METRICS_JSON} at '{f}'. Expected a directory written by "
                 f"EvaluationReport.save() (e.g. <model>/report)."
             )

@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..errors import ConfigError, ConfigTypeError
+
 __all__ = ["Backend", "register_backend", "get_backend", "available_backends"]
 
 
@@ -76,11 +78,11 @@ def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
     ...         return np.full(len(x), 0.5)
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"Backend name must be a non-empty string, received {name!r}.")
+        raise ConfigError(f"Backend name must be a non-empty string, received {name!r}.")
 
     def deco(cls: type[Backend]) -> type[Backend]:
         if not (isinstance(cls, type) and issubclass(cls, Backend)):
-            raise TypeError(f"register_backend expects a Backend subclass, received {cls!r}.")
+            raise ConfigTypeError(f"register_backend expects a Backend subclass, received {cls!r}.")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -110,7 +112,7 @@ def get_backend(name: str) -> type[Backend]:
         cls = getattr(importlib.import_module(module), attr)
         _REGISTRY.setdefault(name, cls)
         return cls
-    raise ValueError(
+    raise ConfigError(
         f"Unknown backend {name!r}. Known backends: {available_backends()}. "
         f"Register new ones with bmcd.runtimes.register_backend."
     )

@@ -25,7 +25,7 @@ import numpy as np
 
 from .._deps import optional_import
 from ..artifact import INPUT_NAME, KERAS_FILE, atomic_write_bytes, read_model_meta
-from ..errors import ConfigError, ModelFormatError
+from ..errors import ConfigError, ConfigTypeError, ModelFormatError
 from . import Backend, register_backend
 
 __all__ = ["KerasBackend", "image_preprocess_layer", "keras_module", "model_input_size"]
@@ -147,7 +147,7 @@ class KerasBackend(Backend):
         """
         batch_size = int(options.pop("batch_size", 64))
         if options:
-            raise TypeError(
+            raise ConfigTypeError(
                 f"KerasBackend.load got unexpected options {sorted(options)}; it accepts "
                 f"batch_size."
             )
