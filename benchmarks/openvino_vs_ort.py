@@ -8,7 +8,8 @@ benchmark models once, and the ``openvino`` extra)::
 
 Rows, model only, batch 32 at 224 px, every backend on all cores:
 ORT fp32, OpenVINO f32, OpenVINO bf16 (where the CPU has native bf16), ORT int8, OpenVINO
-int8, and OpenVINO int8 with 2 streams of 1 thread (a batch split in two, run at once).
+int8, and OpenVINO bf16 with 2 streams of 1 thread (a batch split in two, run at once;
+int8 with several streams is refused by the backend: OpenVINO 2026.4 got it wrong).
 The models are :func:`bmcd.bench.ensure_bench_model`'s (random weights, exported and
 quantized by bmcd), so the files are those ``bmcd bench`` times. bf16 runs with
 ``force_bf16=True``: an accuracy gate means nothing for random weights; the bf16 outputs
@@ -50,7 +51,7 @@ LABELS = {
     "ov_bf16": "OpenVINO bf16",
     "ort_int8": "ORT int8",
     "ov_int8": "OpenVINO int8",
-    "ov_int8_2x1": "OpenVINO int8, 2 streams x 1 thread",
+    "ov_bf16_2x1": "OpenVINO bf16, 2 streams x 1 thread",
 }
 
 
@@ -69,10 +70,12 @@ def predictors(mdir: Path, threads: int) -> dict:
         mdir, precision="int8", intra_op_threads=threads).predict_batch
     fns["ov_int8"] = OpenVINOBackend.load(
         mdir, precision="int8", intra_op_threads=threads).predict_batch
-    if threads >= 2:
-        fns["ov_int8_2x1"] = OpenVINOBackend.load(
-            mdir, precision="int8", intra_op_threads=2, num_streams=2,
-            performance_hint="THROUGHPUT").predict_batch
+    if threads >= 2 and "ov_bf16" in fns:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fns["ov_bf16_2x1"] = OpenVINOBackend.load(
+                mdir, precision="bf16", force_bf16=True, intra_op_threads=2, num_streams=2,
+                performance_hint="THROUGHPUT").predict_batch
     return fns
 
 

@@ -163,6 +163,9 @@ def test_bad_arguments_and_inputs(sound_dir, tmp_path):
         OpenVINOBackend.load(sound_dir, performance_hint="FAST")
     with pytest.raises(ConfigError, match="num_streams"):
         OpenVINOBackend.load(sound_dir, num_streams=0)
+    # several streams gave wrong int8 results in OpenVINO 2026.4 (see the backend)
+    with pytest.raises(ConfigError, match="refused for precision='int8'"):
+        OpenVINOBackend.load(sound_dir, precision="int8", num_streams=2)
     be = OpenVINOBackend.load(sound_dir)
     with pytest.raises(ValueError, match=r"\(n, 32, 32, 3\)"):
         be.predict_batch(np.zeros((2, 64, 64, 3), np.float32))
@@ -323,7 +326,7 @@ def test_force_bf16_runs_without_a_gate_with_a_warning(sound_copy, cells):
 
 def test_pickle_round_trip_rebuilds_the_compiled_model(sound_dir, cells):
     x = cells[1][:10]
-    be = OpenVINOBackend.load(sound_dir, precision="int8", intra_op_threads=1, num_streams=2,
+    be = OpenVINOBackend.load(sound_dir, precision="fp32", intra_op_threads=1, num_streams=2,
                               performance_hint="THROUGHPUT")
     p = be.predict_batch(x)
     n0 = OpenVINOBackend.sessions_created
@@ -332,7 +335,7 @@ def test_pickle_round_trip_rebuilds_the_compiled_model(sound_dir, cells):
     be2 = pickle.loads(data)
     assert OpenVINOBackend.sessions_created == n0 + 1
     assert (be2.precision, be2.intra_op_threads, be2.num_streams, be2.performance_hint) == (
-        "int8", 1, 2, "THROUGHPUT")
+        "fp32", 1, 2, "THROUGHPUT")
     assert be2.meta == be.meta
     np.testing.assert_array_equal(be2.predict_batch(x), p)
 

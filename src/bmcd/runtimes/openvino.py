@@ -88,6 +88,13 @@ def openvino_module():
     return openvino
 
 
+def _ov_version() -> str:
+    try:
+        return str(openvino_module().__version__).split("-")[0]
+    except MissingDependencyError:
+        return "?"
+
+
 @lru_cache(maxsize=1)
 def _core():
     """One ``openvino.Core`` per process (creating it loads the plugins)."""
@@ -252,7 +259,8 @@ class OpenVINOBackend(Backend):
         ``NUM_STREAMS``: parallel inference streams. With more than one,
         :meth:`predict_batch` splits each batch into that many parts and runs them at once
         (one infer request each); each stream gets ``intra_op_threads / num_streams``
-        threads.
+        threads. Refused for "int8" (OpenVINO 2026.4 computed wrong int8 results with
+        several streams on bmcd's ResNet50 int8 model; fp32 and bf16 were checked).
     performance_hint : {"LATENCY", "THROUGHPUT"}
         ``PERFORMANCE_HINT``. The explicit threads and streams above override what the hint
         would choose; it still tunes the remaining plugin defaults.
@@ -311,6 +319,17 @@ class OpenVINOBackend(Backend):
             )
         if isinstance(num_streams, bool) or not isinstance(num_streams, int) or num_streams < 1:
             raise ConfigError(f"num_streams must be a positive integer, received {num_streams!r}.")
+        if precision == "int8" and num_streams > 1:
+            # Measured with OpenVINO 2026.4.1 on this project's benchmark ResNet50 int8 file
+            # (QDQ, from bmcd's quantizer): with 2 streams the outputs were wrong (max |dp|
+            # 0.77 against ONNX Runtime int8, 0.027 with one stream), with a dynamic or a
+            # static batch, even for requests run one at a time. fp32 was exact.
+            raise ConfigError(
+                f"num_streams={num_streams} is refused for precision='int8': OpenVINO "
+                f"{_ov_version()} computed wrong int8 results with several streams on bmcd's "
+                f"ResNet50 int8 model (max |dp| 0.77 against ONNX Runtime). Use num_streams=1 "
+                f"(all threads in one stream)."
+            )
         self.model_path = Path(model_path)
         self.meta = meta
         self.precision = precision
