@@ -30,8 +30,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from bmcd.bench import (
     check_int8_sanity,
     check_parity,

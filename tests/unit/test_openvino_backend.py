@@ -24,7 +24,6 @@ pytest.importorskip("openvino")
 pytest.importorskip("onnx")
 
 from _tiny_conv_model import build_tiny_conv_model  # noqa: E402
-
 from bmcd.errors import (  # noqa: E402
     BmcdError,
     ConfigError,

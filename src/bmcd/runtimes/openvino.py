@@ -178,9 +178,10 @@ def check_bf16_gate(
         No gate record, a failed gate, or a gate run on a different ``model.onnx``.
     """
     rec = ((meta or {}).get("exports") or {}).get(BF16_EXPORT_KEY)
+    where = Path(model_file).parent
     fix = (
-        f"Run the bf16 gate first: `bmcd export MODEL_DIR --bf16` (or "
-        f"bmcd.exporters.bf16.gate_bf16(MODEL_DIR)), use precision='fp32', or pass "
+        f"Run the bf16 gate first: `bmcd export {where} --bf16` (or "
+        f"bmcd.exporters.bf16.gate_bf16('{where}')), use precision='fp32', or pass "
         f"force_bf16=True to run bf16 unchecked."
     )
     problem = None
