@@ -204,13 +204,17 @@ def gate_bf16(
         reasons.append(f"label agreement {g['label_agreement']:.4f} < {min_label_agreement:g}")
     if "roc_auc_change" in g and not abs(g["roc_auc_change"]) <= max_auc_change:
         reasons.append(f"|ROC-AUC change| {abs(g['roc_auc_change']):.4f} > {max_auc_change:g}")
+    if not g["passed"] and not reasons:  # the int8 rule said no for a reason not listed here
+        reasons.append("the int8 gate's rule failed (see gate)")
     if not spread["std"] >= MIN_P_ALL_STD:
         reasons.append(
             f"the fp32 model gives nearly one value for every sample (std of p(all) "
             f"{spread['std']:.2g} < {MIN_P_ALL_STD:g}), so the check cannot show a change"
         )
         g["passed"] = False
-    passed = bool(g["passed"] and not reasons)
+    # pass/fail is the int8 gate's verdict (_gate) plus the spread check: when the int8
+    # rule changes, bf16 follows; `reasons` only explains a failure
+    passed = bool(g["passed"])
     g["passed"] = passed
     record: dict[str, Any] = {
         "passed": passed,
