@@ -5,7 +5,7 @@ imports neither TensorFlow nor ONNX Runtime::
 
     >>> from bmcd.runtimes import available_backends
     >>> available_backends()
-    ['keras', 'onnx']
+    ['keras', 'onnx', 'openvino']
 
 A backend turns a preprocessed batch ``(n, S, S, 3)`` float32 RGB in [0, 255] into
 ``(n,)`` probabilities of the positive class "all". Third parties can add their own
@@ -59,6 +59,7 @@ class Backend(ABC):
 _LAZY: dict[str, str] = {
     "keras": "bmcd.runtimes.keras:KerasBackend",
     "onnx": "bmcd.runtimes.onnx:OnnxRuntimeBackend",
+    "openvino": "bmcd.runtimes.openvino:OpenVINOBackend",
 }
 _REGISTRY: dict[str, type[Backend]] = {}
 
