@@ -293,12 +293,18 @@ def create_app(
     async def score_one(name: str, data: bytes) -> dict[str, Any]:
         out = row(name)
         loop = asyncio.get_running_loop()
-        x, no_cell, err = await loop.run_in_executor(state["pool"], prepare, data)
+        batcher.announce()  # a batch being gathered may wait for this image
+        try:
+            x, no_cell, err = await loop.run_in_executor(state["pool"], prepare, data)
+        except BaseException:
+            batcher.withdraw()
+            raise
         if err is not None:
+            batcher.withdraw()
             out["error_code"], out["error"] = err
             return out
         try:
-            p = await batcher.submit(x)
+            p = await batcher.submit(x, announced=True)
         except Exception as exc:  # a model failure is reported per image, never as a 500
             out["error_code"] = "inference_failed"
             out["error"] = f"Inference failed: {exc.__class__.__name__}: {exc}"

@@ -3,7 +3,10 @@
 Requests that arrive within ``max_wait_ms`` of the first waiting image (or until
 ``max_batch`` images wait) are stacked into one batch and run in a worker thread, so the
 event loop stays free to accept and decode the next requests while the model runs. While
-one batch runs, the next one gathers. See ``docs/serving.rst``.
+one batch runs, the next one gathers. The wait is adaptive: callers :meth:`announce` an
+image when they start decoding it, and a batch waits only while announced images are still
+on their way, so a lone request is never delayed by ``max_wait_ms``. See
+``docs/serving.rst``.
 """
 
 from __future__ import annotations
@@ -96,6 +99,8 @@ class MicroBatcher:
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._incoming = 0  # announced images not yet submitted (being decoded)
+        self._arrived: asyncio.Event | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -103,6 +108,7 @@ class MicroBatcher:
         if self._task is not None and not self._task.done():
             return
         self._queue = asyncio.Queue()
+        self._incoming = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmcd-infer")
         self._task = asyncio.get_running_loop().create_task(self._run(), name="bmcd-batcher")
 
@@ -125,10 +131,23 @@ class MicroBatcher:
             self._executor = None
 
     # -- use ----------------------------------------------------------------------------
-    async def submit(self, x: np.ndarray) -> float:
-        """p(all) for one preprocessed image ``(S, S, 3)``, scored in some batch."""
+    def announce(self) -> None:
+        """Say that an image is being prepared and will be submitted (or withdrawn) soon."""
+        self._incoming += 1
+
+    def withdraw(self) -> None:
+        """Cancel one :meth:`announce` (the image failed before it could be submitted)."""
+        self._incoming = max(0, self._incoming - 1)
+
+    async def submit(self, x: np.ndarray, *, announced: bool = False) -> float:
+        """p(all) for one preprocessed image ``(S, S, 3)``, scored in some batch.
+
+        ``announced=True`` settles an earlier :meth:`announce` for this image.
+        """
         if self._task is None or self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called (the app's lifespan starts it).")
+        if announced:
+            self.withdraw()
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put((x, fut))
         return await fut
@@ -148,8 +167,8 @@ class MicroBatcher:
                 except asyncio.QueueEmpty:
                     pass
                 left = deadline - loop.time()
-                if left <= 0:
-                    break
+                if left <= 0 or self._incoming == 0:
+                    break  # out of time, or nothing announced is on its way
                 try:
                     items.append(await asyncio.wait_for(q.get(), timeout=left))
                 except (asyncio.TimeoutError, TimeoutError):
