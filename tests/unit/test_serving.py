@@ -368,3 +368,56 @@ def test_serve_command_prints_url_and_stops_on_ctrl_c(model_dir, cells):
             proc.kill()
     assert rc == 0, err
     assert "stopped" in err and "Traceback" not in err
+
+
+def test_lone_request_does_not_wait_for_a_batch(model_dir, cells, tmp_path):
+    """The wait is adaptive: with nothing else on its way, a batch runs at once."""
+    bad = write_bad_files(tmp_path, cells[0])
+    app = create_app(model_dir, max_batch=32, max_wait_ms=3000)
+    with TestClient(app) as client:
+        client.post("/v1/predict", files=_files(cells[:1]))  # warm-up
+        t0 = time.perf_counter()
+        r1 = client.post("/v1/predict", files=_files(cells[:1]))
+        # a corrupt image announced with a good one must not hold the batch either
+        r2 = client.post("/v1/predict", files=_files([cells[1], bad["truncated"]]))
+        elapsed = time.perf_counter() - t0
+    assert r1.status_code == r2.status_code == 200
+    assert r2.json()["results"][1]["error_code"] == "unreadable"
+    assert elapsed < 2.0, f"two lone requests took {elapsed:.2f} s with max_wait_ms=3000"
+
+
+def test_batcher_waits_for_announced_images_and_wakes_on_withdraw():
+    calls = []
+
+    def predict(x):
+        calls.append(len(x))
+        return np.zeros(len(x))
+
+    async def main():
+        b = MicroBatcher(predict, max_batch=8, max_wait_ms=3000)
+        await b.start()
+        try:
+            x = np.zeros((2, 2, 3), np.float32)
+            b.announce()
+            b.announce()
+            t0 = time.perf_counter()
+            first = asyncio.ensure_future(b.submit(x, announced=True))
+            await asyncio.sleep(0.2)
+            assert not first.done()  # waits: one announced image is still on its way
+            second = asyncio.ensure_future(b.submit(x, announced=True))
+            await asyncio.gather(first, second)
+            both = time.perf_counter() - t0
+            b.announce()
+            b.announce()
+            t1 = time.perf_counter()
+            third = asyncio.ensure_future(b.submit(x, announced=True))
+            await asyncio.sleep(0.2)
+            b.withdraw()  # the other one failed to decode: the batch goes at once
+            await third
+            return both, time.perf_counter() - t1
+        finally:
+            await b.stop()
+
+    both, third = asyncio.run(main())
+    assert calls == [2, 1]
+    assert both < 2.0 and third < 2.0, (both, third)

@@ -123,7 +123,10 @@ class MicroBatcher:
                 pass
         if self._queue is not None:
             while not self._queue.empty():
-                _, fut = self._queue.get_nowait()
+                entry = self._queue.get_nowait()
+                if entry is None:
+                    continue
+                _, fut = entry
                 if not fut.done():
                     fut.set_exception(RuntimeError("the server is shutting down"))
         if self._executor is not None:
@@ -138,6 +141,8 @@ class MicroBatcher:
     def withdraw(self) -> None:
         """Cancel one :meth:`announce` (the image failed before it could be submitted)."""
         self._incoming = max(0, self._incoming - 1)
+        if self._queue is not None:
+            self._queue.put_nowait(None)  # wakes a gathering batch to re-check what is coming
 
     async def submit(self, x: np.ndarray, *, announced: bool = False) -> float:
         """p(all) for one preprocessed image ``(S, S, 3)``, scored in some batch.
@@ -147,7 +152,7 @@ class MicroBatcher:
         if self._task is None or self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called (the app's lifespan starts it).")
         if announced:
-            self.withdraw()
+            self._incoming = max(0, self._incoming - 1)  # the put below wakes the gatherer
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put((x, fut))
         return await fut
@@ -157,12 +162,17 @@ class MicroBatcher:
         q = self._queue
         assert q is not None
         while True:
-            items = [await q.get()]
+            first = await q.get()
+            if first is None:  # a wake-up from withdraw(), nothing to score
+                continue
+            items = [first]
             deadline = loop.time() + self.max_wait_ms / 1000.0
             while len(items) < self.max_batch:
                 # take what is already waiting without yielding to the clock
                 try:
-                    items.append(q.get_nowait())
+                    got = q.get_nowait()
+                    if got is not None:
+                        items.append(got)
                     continue
                 except asyncio.QueueEmpty:
                     pass
@@ -170,9 +180,11 @@ class MicroBatcher:
                 if left <= 0 or self._incoming == 0:
                     break  # out of time, or nothing announced is on its way
                 try:
-                    items.append(await asyncio.wait_for(q.get(), timeout=left))
+                    got = await asyncio.wait_for(q.get(), timeout=left)
                 except (asyncio.TimeoutError, TimeoutError):
                     break
+                if got is not None:
+                    items.append(got)
             items = [(x, f) for x, f in items if not f.cancelled()]
             if not items:
                 continue
