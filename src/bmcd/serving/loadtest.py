@@ -1,9 +1,10 @@
 """A bounded load test of ``bmcd serve`` on loopback (``python -m bmcd.serving.loadtest``).
 
-It starts the server (``python -m bmcd.serving``) in a subprocess twice, with
-micro-batching (``--max-batch 32``) and without (``--max-batch 1``), and drives each with an
-async httpx client at concurrency 1, 8 and 32: every client sends one image per request,
-back to back. It reports throughput (images/s), p50 / p99 latency and failed requests, and,
+It starts two servers (``python -m bmcd.serving``) in subprocesses, one with
+micro-batching (``--max-batch 32``) and one without (``--max-batch 1``), and drives them
+with an async httpx client at concurrency 1, 8 and 32: every client sends one image per
+request, back to back. The phases alternate between the two servers (A B B A at each
+concurrency), so that load from other processes falls on both alike. It reports throughput (images/s), p50 / p99 latency and failed requests, and,
 in the same run, the model-only throughput that ``bmcd bench`` measures for the same file
 (ONNX Runtime, batch 32, preprocessed inputs), so that the ratio serve / model-only is
 measured on the same machine at the same time. The whole run stops itself within
@@ -91,7 +92,12 @@ async def _drive(url: str, payloads: list[bytes], concurrency: int,
     done = 0
     reasons: list[str] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    import socket
+
+    # TCP_NODELAY: without it the body waits for the delayed ACK of the headers (~40 ms)
+    transport = httpx.AsyncHTTPTransport(
+        limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    async with httpx.AsyncClient(base_url=url, transport=transport, timeout=60) as client:
         t_start = time.perf_counter()
         t_measure = t_start + warmup_s
         t_end = t_measure + measure_s
@@ -125,6 +131,7 @@ async def _drive(url: str, payloads: list[bytes], concurrency: int,
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {
+        "latencies": np.array(latencies),
         "concurrency": concurrency,
         "requests": done,
         "failed": failures,
@@ -136,20 +143,25 @@ async def _drive(url: str, payloads: list[bytes], concurrency: int,
 
 
 def _model_only(model: str, precision: str, images: list[Path], seconds: float) -> dict[str, Any]:
-    """Model-only throughput as ``bmcd bench`` measures it (batch 32, fresh inputs)."""
+    """Model-only throughput as ``bmcd bench`` measures it (batch 32 and 1, fresh inputs)."""
     from ..artifact import read_model_json
-    from ..bench import make_input_batches, time_calls
+    from ..bench import make_input_batches, time_interleaved
     from ..preprocessing import PreprocessConfig, preprocess_batch
     from ..runtimes.onnx import OnnxRuntimeBackend
 
     meta = read_model_json(model)
     x = preprocess_batch([str(p) for p in images[:32]], PreprocessConfig.from_dict(meta["preprocess"]))
-    batches = make_input_batches(x, 32, 8)
     be = OnnxRuntimeBackend.load(model, precision=precision)
-    timing, _ = time_calls(be.predict_batch, batches, batch_size=32, seconds=seconds, warmup=2)
+    out = {}
+    for bs in (32, 1):
+        batches = make_input_batches(x, bs, 8 if bs > 1 else 64)
+        timing = time_interleaved({"ort": be.predict_batch}, batches, batch_size=bs,
+                                  seconds=seconds / 2, warmup=2)["ort"][0]
+        out[f"batch_{bs}"] = {"images_per_s": timing.images_per_second,
+                              "ms_per_image": timing.ms_per_image}
     del be
-    return {"batch_size": 32, "images_per_s": timing.images_per_second,
-            "ms_per_image": timing.ms_per_image}
+    out["images_per_s"] = out["batch_32"]["images_per_s"]
+    return out
 
 
 def _images(folder: str | None, tmp: Path) -> list[Path]:
@@ -177,25 +189,41 @@ def run_loadtest(model: str, *, precision: str = "int8", images: str | None = No
         files = _images(images, Path(tmp))
         payloads = [_multipart(p.name, p.read_bytes()) for p in files]
         model_only = _model_only(model, precision, files, seconds=min(5.0, budget_s * 0.08))
-        runs = []
-        configs = [(32, c) for c in CONCURRENCY] + [(1, c) for c in CONCURRENCY]
-        for bi, max_batch in enumerate((32, 1)):
-            proc, url = _start_server(model, precision, max_batch, max_wait_ms)
-            try:
-                for c in CONCURRENCY:
-                    left_phases = len(configs) - len(runs)
-                    # the rest of the budget, less ~3 s for the next server start and stop
-                    left = budget_s - (time.perf_counter() - t0) - (3.0 if bi == 0 else 1.0)
-                    phase = max(1.5, left / left_phases)
-                    r = asyncio.run(_drive(url, payloads, c, warmup_s=min(1.0, phase * 0.2),
-                                           measure_s=phase * 0.8))
-                    r["max_batch"] = max_batch
-                    health = json.loads(__import__("urllib.request").request.urlopen(
-                        url + "healthz", timeout=10).read())
-                    r["server_mean_batch_so_far"] = health["batching"]["mean_batch"]
-                    runs.append(r)
-                    print(_row(r, model_only), flush=True)
-            finally:
+        # Both servers run at once (an idle one uses no CPU) and the phases alternate
+        # A B B A at each concurrency, so that load from other processes falls on both alike.
+        servers = {}
+        try:
+            for max_batch in (32, 1):
+                servers[max_batch] = _start_server(model, precision, max_batch, max_wait_ms)
+            plan = [(c, b) for c in CONCURRENCY for b in (32, 1, 1, 32)]
+            parts: dict[tuple[int, int], list[dict[str, Any]]] = {}
+            for k, (c, b) in enumerate(plan):
+                left = budget_s - (time.perf_counter() - t0) - 2.0  # 2 s to stop the servers
+                phase = max(1.0, left / (len(plan) - k))
+                r = asyncio.run(_drive(servers[b][1], payloads, c, warmup_s=min(0.8, phase * 0.2),
+                                       measure_s=phase * 0.8))
+                r["seconds"] = phase * 0.8
+                parts.setdefault((b, c), []).append(r)
+            runs = []
+            for (b, c), rs in sorted(parts.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+                lat = np.concatenate([r.pop("latencies") for r in rs])
+                health = json.loads(__import__("urllib.request").request.urlopen(
+                    servers[b][1] + "healthz", timeout=10).read())
+                run = {
+                    "max_batch": b,
+                    "concurrency": c,
+                    "requests": sum(r["requests"] for r in rs),
+                    "failed": sum(r["failed"] for r in rs),
+                    "images_per_s": sum(r["requests"] for r in rs) / sum(r["seconds"] for r in rs),
+                    "p50_ms": float(np.percentile(lat, 50) * 1000) if lat.size else float("nan"),
+                    "p99_ms": float(np.percentile(lat, 99) * 1000) if lat.size else float("nan"),
+                    "failure_examples": [e for r in rs for e in r["failure_examples"]][:3],
+                    "server_mean_batch_all_phases": health["batching"]["mean_batch"],
+                }
+                runs.append(run)
+                print(_row(run, model_only), flush=True)
+        finally:
+            for proc, _ in servers.values():
                 _stop_server(proc)
     ident = {"model": str(model), "precision": precision, "images": images or "synthetic",
              "n_images": len(files)}
@@ -208,7 +236,7 @@ def _row(r: dict[str, Any], model_only: dict[str, Any]) -> str:
     return (f"max_batch {r['max_batch']:>2}  concurrency {r['concurrency']:>2}: "
             f"{r['images_per_s']:7.1f} img/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
             f"failed {r['failed']}  ratio to model-only {ratio:.2f}  "
-            f"(mean server batch {r['server_mean_batch_so_far']})")
+            f"(server mean batch over all its phases {r['server_mean_batch_all_phases']})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     res = run_loadtest(a.model, precision=a.precision, images=a.images, budget_s=a.budget_s,
                        max_wait_ms=a.max_wait_ms)
     mo = res["model_only"]
-    print(f"model-only (bmcd bench style, batch 32): {mo['images_per_s']:.1f} img/s; "
+    print(f"model-only (bmcd bench style): batch 32 {mo['batch_32']['images_per_s']:.1f} img/s, "
+          f"batch 1 {mo['batch_1']['images_per_s']:.1f} img/s; "
           f"wall {res['wall_s']:.1f} s on {res['cpu_count']} CPUs")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
