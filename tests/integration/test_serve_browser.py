@@ -40,8 +40,8 @@ def _system_chromium() -> tuple[str, str]:
 @pytest.fixture
 def server(tmp_path, cnmc_sample_files):
     import uvicorn
-    from _serve_helpers import build_serving_model, free_port
 
+    from _serve_helpers import build_serving_model, free_port
     from bmcd.serving import create_app
 
     model = build_serving_model(tmp_path / "model", cnmc_sample_files)

@@ -24,10 +24,10 @@ pytest.importorskip("multipart")
 pytest.importorskip("httpx")
 pytest.importorskip("onnx")
 
-from _serve_helpers import build_serving_model  # noqa: E402
-from _tiny_models import write_bad_files, write_cell_images  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+from _serve_helpers import build_serving_model  # noqa: E402
+from _tiny_models import write_bad_files, write_cell_images  # noqa: E402
 from bmcd import Classifier  # noqa: E402
 from bmcd.serving import ServeLimits, create_app  # noqa: E402
 from bmcd.serving.batcher import MicroBatcher  # noqa: E402
@@ -225,9 +225,11 @@ def test_image_dimensions_of_real_encodings():
 
 def test_too_large_file_is_a_per_image_error(model_dir, cells):
     with TestClient(create_app(model_dir, limits=ServeLimits(max_image_bytes=1000))) as client:
+        import cv2
+
+        small = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
         res = client.post("/v1/predict", files=_files(cells[:1]) + [
-            ("files", ("tiny.png", __import__("cv2").imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()))
-        ]).json()["results"]
+            ("files", ("small.png", small))]).json()["results"]
     assert res[0]["error_code"] == "too_large" and res[1]["error"] is None
 
 

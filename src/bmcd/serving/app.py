@@ -43,7 +43,10 @@ _TRUE = {"1", "true", "yes", "on"}
 
 def _serve_deps():
     fastapi = optional_import("fastapi", purpose="bmcd serve")
-    optional_import("multipart", purpose="multipart uploads in bmcd serve")
+    try:  # python-multipart >= 0.0.13 names its module python_multipart
+        import python_multipart  # noqa: F401
+    except ImportError:
+        optional_import("multipart", purpose="multipart uploads in bmcd serve")
     return fastapi
 
 
