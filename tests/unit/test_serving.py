@@ -423,3 +423,22 @@ def test_batcher_waits_for_announced_images_and_wakes_on_withdraw():
     both, third = asyncio.run(main())
     assert calls == [2, 1]
     assert both < 2.0 and third < 2.0, (both, third)
+
+
+def test_serve_command_reports_a_busy_port(model_dir):
+    import socket
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src") + os.pathsep + env.get(
+        "PYTHONPATH", "")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "bmcd.serving", str(model_dir), "--port", str(port)],
+            capture_output=True, text=True, env=env, timeout=60,
+        )
+    assert proc.returncode == 1
+    assert f"Cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -13,7 +13,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)
     args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    return run(args)
+    from ..errors import BmcdError
+
+    try:
+        return run(args)
+    except BmcdError as exc:  # the same message the bmcd CLI prints, exit code 1
+        print(f"bmcd serve: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

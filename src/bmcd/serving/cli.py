@@ -77,7 +77,16 @@ def run(args: argparse.Namespace) -> int:
     # with proto 0 every response waited ~40 ms for a delayed ACK
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        sock.close()
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"Cannot listen on {args.host}:{args.port} ({exc.strerror or exc}). Choose another "
+            f"--port (0 picks a free one) or stop the program that uses it."
+        ) from exc
     sock.listen(2048)  # connections made right after the URL is printed wait in the backlog
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if family == socket.AF_INET6 else args.host
