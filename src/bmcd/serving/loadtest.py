@@ -73,6 +73,16 @@ def _start_server(model: str, precision: str, max_batch: int, max_wait_ms: float
     raise RuntimeError(f"bmcd serve did not start: {proc.stderr.read()[-2000:]}")
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _stop_server(proc) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -200,9 +210,15 @@ def run_loadtest(model: str, *, precision: str = "int8", images: str | None = No
             for k, (c, b) in enumerate(plan):
                 left = budget_s - (time.perf_counter() - t0) - 2.0  # 2 s to stop the servers
                 phase = max(1.0, left / (len(plan) - k))
+                s0, c0, w0 = _cpu_seconds(servers[b][0].pid), time.process_time(), time.perf_counter()
                 r = asyncio.run(_drive(servers[b][1], payloads, c, warmup_s=min(0.8, phase * 0.2),
                                        measure_s=phase * 0.8))
+                s1, wall = _cpu_seconds(servers[b][0].pid), time.perf_counter() - w0
                 r["seconds"] = phase * 0.8
+                # CPU per request over the whole phase (warm-up included) and client cores used
+                n_all = max(1, r["requests"] * wall / r["seconds"])
+                r["server_cpu_ms"] = None if s0 is None or s1 is None else (s1 - s0) / n_all * 1000
+                r["client_cores"] = (time.process_time() - c0) / wall
                 parts.setdefault((b, c), []).append(r)
             runs = []
             for (b, c), rs in sorted(parts.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
@@ -219,6 +235,8 @@ def run_loadtest(model: str, *, precision: str = "int8", images: str | None = No
                     "p99_ms": float(np.percentile(lat, 99) * 1000) if lat.size else float("nan"),
                     "failure_examples": [e for r in rs for e in r["failure_examples"]][:3],
                     "server_mean_batch_all_phases": health["batching"]["mean_batch"],
+                    "server_cpu_ms_per_image": _mean([r["server_cpu_ms"] for r in rs]),
+                    "client_cpu_cores": _mean([r["client_cores"] for r in rs]),
                 }
                 runs.append(run)
                 print(_row(run, model_only), flush=True)
@@ -231,11 +249,18 @@ def run_loadtest(model: str, *, precision: str = "int8", images: str | None = No
             "wall_s": time.perf_counter() - t0, "cpu_count": os.cpu_count()}
 
 
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
 def _row(r: dict[str, Any], model_only: dict[str, Any]) -> str:
     ratio = r["images_per_s"] / model_only["images_per_s"]
     return (f"max_batch {r['max_batch']:>2}  concurrency {r['concurrency']:>2}: "
             f"{r['images_per_s']:7.1f} img/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
             f"failed {r['failed']}  ratio to model-only {ratio:.2f}  "
+            f"server CPU {r['server_cpu_ms_per_image'] or float('nan'):.1f} ms/img  "
+            f"client {r['client_cpu_cores']:.2f} cores  "
             f"(server mean batch over all its phases {r['server_mean_batch_all_phases']})")
 
 
