@@ -18,6 +18,10 @@ _PROVIDERS: dict[str, tuple[str, str]] = {
     "matplotlib": ("matplotlib", "report"),
     "dask": ("dask[distributed]", "scale"),
     "distributed": ("dask[distributed]", "scale"),
+    # bmcd serve (docs/serving.rst)
+    "fastapi": ("fastapi", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
+    "multipart": ("python-multipart", "serve"),
 }
 
 

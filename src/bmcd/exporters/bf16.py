@@ -36,16 +36,14 @@ from ..errors import ExportValidationError, ModelFormatError
 from ..preprocessing import PreprocessConfig
 
 # The int8 gate's rules, constants and sample loading are reused as they are, so both gates
-# stay one rule. _resolve_samples, _gate and the seed are private to the exporter module:
-# after the exporter split (exporters/_samples.py, exporters/quantize.py) only these imports
-# move.
-from .onnx import (
+# stay one rule (package-private helpers of bmcd.exporters).
+from ._samples import _resolve_samples
+from .quantize import (
     _SEED_VALIDATION,
     DEFAULT_INT8_VALIDATION,
     INT8_MAX_AUC_CHANGE,
     INT8_MIN_LABEL_AGREEMENT,
     _gate,
-    _resolve_samples,
 )
 
 __all__ = [
