@@ -342,7 +342,7 @@ def test_serve_command_prints_url_and_stops_on_ctrl_c(model_dir, cells):
     src = str(Path(__file__).resolve().parents[2] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bmcd.serving", str(model_dir), "--port", "0", "--max-batch", "4"],
+        [sys.executable, "-m", "bmcd.cli", "serve", str(model_dir), "--port", "0", "--max-batch", "4"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
@@ -436,7 +436,7 @@ def test_serve_command_reports_a_busy_port(model_dir):
         busy.listen(1)
         port = busy.getsockname()[1]
         proc = subprocess.run(
-            [sys.executable, "-m", "bmcd.serving", str(model_dir), "--port", str(port)],
+            [sys.executable, "-m", "bmcd.cli", "serve", str(model_dir), "--port", str(port)],
             capture_output=True, text=True, env=env, timeout=60,
         )
     assert proc.returncode == 1

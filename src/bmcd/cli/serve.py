@@ -1,7 +1,6 @@
-"""The ``bmcd serve`` command: ``add_parser(subparsers)`` registers it, ``run(args)`` runs it.
+"""The ``bmcd serve`` command (docs/serving.rst): ``add_parser`` declares it, ``run`` runs it.
 
-The main ``bmcd`` parser calls :func:`add_parser`; ``python -m bmcd.serving`` uses the same
-two functions. BmcdErrors propagate to the main CLI, which maps them to exit codes.
+BmcdErrors propagate to the main CLI, which maps them to exit codes.
 """
 
 from __future__ import annotations
@@ -9,14 +8,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_commands", "add_parser", "run"]
 
 _MB = 1024 * 1024
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to ``subparsers``; returns its parser."""
-    from .limits import ServeLimits
+    from ..serving.limits import ServeLimits
 
     d = ServeLimits()
     p = subparsers.add_parser(
@@ -57,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     import socket
 
     from .._deps import optional_import
-    from .app import create_app
-    from .limits import ServeLimits
+    from ..serving.app import create_app
+    from ..serving.limits import ServeLimits
 
     uvicorn = optional_import("uvicorn", purpose="bmcd serve")
     limits = ServeLimits(
@@ -108,3 +107,8 @@ def run(args: argparse.Namespace) -> int:
         sock.close()
     print("bmcd serve: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` subcommand."""
+    add_parser(sub)
