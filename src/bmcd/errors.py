@@ -24,6 +24,8 @@ __all__ = [
     "ConfigTypeError",
     "MissingFileError",
     "OutputWriteError",
+    "ServiceError",
+    "RequestTooLargeError",
 ]
 
 
@@ -105,3 +107,11 @@ class MissingFileError(BmcdError, FileNotFoundError):
 
 class OutputWriteError(BmcdError, OSError):
     """An output file or folder cannot be written (no permission, read-only, disk full)."""
+
+
+class ServiceError(BmcdError, RuntimeError):
+    """The HTTP service (``bmcd serve``) is not running or could not start."""
+
+
+class RequestTooLargeError(BmcdError, ValueError):
+    """An HTTP request body is larger than the service's limit (answered with 413)."""

@@ -527,7 +527,8 @@ def test_make_session_sets_options_once_and_fails_clearly(tmp_path):
 
 
 def test_resolve_image_paths_labels_plain_folders_and_errors(cells, tmp_path):
-    from bmcd.data import DatasetError, load_dataset, resolve_image_paths
+    from bmcd.data import load_dataset, resolve_image_paths
+    from bmcd.errors import DatasetError
 
     ds = load_dataset(cells)
     paths, labels = resolve_image_paths(cells)

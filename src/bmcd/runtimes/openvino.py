@@ -500,7 +500,7 @@ class OpenVINOBackend(Backend):
         """p(all) for a preprocessed batch ``(n, S, S, 3)`` float32 RGB in [0, 255]."""
         S = self.image_size
         if x.ndim != 4 or x.shape[1:] != (S, S, 3):
-            raise ValueError(
+            raise ConfigError(
                 f"Expected a preprocessed batch of shape (n, {S}, {S}, 3), received {x.shape}. "
                 f"Run bmcd.preprocessing.preprocess_batch with this model's config first."
             )

@@ -28,7 +28,7 @@ import numpy as np
 
 from .._deps import optional_import
 from .._version import __version__
-from ..errors import ConfigError, ImageReadError
+from ..errors import ConfigError, ImageReadError, RequestTooLargeError
 from .batcher import MicroBatcher
 from .limits import ServeLimits, image_dimensions
 
@@ -58,10 +58,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class _BodyLimit:
     """ASGI middleware: 413 for a request body over ``limit`` bytes, before parsing it.
 
@@ -88,7 +84,7 @@ class _BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge()
+                    raise RequestTooLargeError()
             return message
 
         async def tracking_send(message):
@@ -99,7 +95,7 @@ class _BodyLimit:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
+        except RequestTooLargeError:
             if not started:
                 await self._refuse(send, seen)
 
@@ -340,7 +336,7 @@ def create_app(
                 f"curl -F files=@cell.bmp http://HOST/v1/predict"))
         try:
             form = await request.form(max_files=limits.max_files + 1, max_fields=100)
-        except _TooLarge:
+        except RequestTooLargeError:
             raise
         except Exception as exc:  # malformed multipart, too many parts
             return error(400, "bad_multipart", (

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ServiceError
 
 __all__ = ["MicroBatcher", "BatchStats"]
 
@@ -150,7 +150,7 @@ class MicroBatcher:
         ``announced=True`` settles an earlier :meth:`announce` for this image.
         """
         if self._task is None or self._queue is None:
-            raise RuntimeError("MicroBatcher.start() was not called (the app's lifespan starts it).")
+            raise ServiceError("MicroBatcher.start() was not called (the app's lifespan starts it).")
         if announced:
             self._incoming = max(0, self._incoming - 1)  # the put below wakes the gatherer
         fut = asyncio.get_running_loop().create_future()

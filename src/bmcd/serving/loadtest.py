@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ServiceError
+
 __all__ = ["run_loadtest", "main"]
 
 CONCURRENCY = (1, 8, 32)
@@ -70,7 +72,7 @@ def _start_server(model: str, precision: str, max_batch: int, max_wait_ms: float
                     time.sleep(0.05)
             break
     proc.kill()
-    raise RuntimeError(f"bmcd serve did not start: {proc.stderr.read()[-2000:]}")
+    raise ServiceError(f"bmcd serve did not start: {proc.stderr.read()[-2000:]}")
 
 
 def _cpu_seconds(pid: int) -> float | None:
