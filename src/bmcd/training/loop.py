@@ -96,9 +96,9 @@ def train_model(
         Any :class:`~bmcd.training.TrainConfig` field, merged over ``config``
         (``epochs=3``, ``learning_rate=1e-4`` ...).
 
-    Phases
-    ------
-    With a pretrained backbone (``pretrained=True``):
+    Notes
+    -----
+    Phases. With a pretrained backbone (``pretrained=True``):
 
     1. ``"head"``: the backbone is frozen (its BatchNorm layers run in inference mode) and
        only the head trains, ``epochs`` epochs at ``learning_rate``;
