@@ -72,6 +72,13 @@ def _walk(folder: str, ancestors: tuple[tuple[int, int], ...]) -> Iterator[str]:
         except OSError:  # e.g. ELOOP on a self-referencing link
             is_dir = False
         if is_dir:
+            if entry.is_symlink() and _leads_above(entry.path, folder):
+                warnings.warn(
+                    f"Skipping '{entry.path}': a symbolic link loop (it leads back to a "
+                    f"folder above it).",
+                    stacklevel=3,
+                )
+                continue
             subdirs.append(entry.path)
         elif is_image_file(entry.name):
             if entry.is_symlink() and _is_link_loop(entry.path):
@@ -84,6 +91,13 @@ def _walk(folder: str, ancestors: tuple[tuple[int, int], ...]) -> Iterator[str]:
             yield entry.path
     for sub in subdirs:
         yield from _walk(sub, ancestors + (here,))
+
+
+def _leads_above(link: str, folder: str) -> bool:
+    """True when the folder link ``link`` inside ``folder`` points at ``folder`` or above."""
+    target = os.path.realpath(link)
+    here = os.path.realpath(folder)
+    return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
 
 
 def _is_link_loop(path: str) -> bool:
