@@ -446,7 +446,7 @@ def verify_export_sha256(model_dir: str | os.PathLike, meta: dict[str, Any],
 
     The ONNX and OpenVINO backends call this when they load a model directory, so a
     ``model.onnx`` swapped for another file is refused instead of scored silently
-    (docs/model-format.rst, "Integrity"). A file with no recorded sha256 (an export older
+    (docs/models.rst, "Integrity"). A file with no recorded sha256 (an export older
     than the record, or a hand-made model) is accepted.
 
     Returns

@@ -5,7 +5,7 @@ one image"); :mod:`bmcd.preprocessing` re-exports :func:`read_image` and
 :func:`to_rgb_uint8`. Before a file is decoded its header is read (PNG ``IHDR``, BMP info
 header, JPEG start-of-frame, TIFF first IFD) and an image larger than the pixel limit is
 refused with :class:`~bmcd.errors.ImageReadError`, so a 1 MB PNG that claims 20000 x 20000
-pixels never allocates gigabytes (docs/preprocessing.rst, "Pixel limit").
+pixels never allocates gigabytes (docs/models.rst, "Pixel limit").
 
 The limit is, in order of precedence: the ``max_pixels`` keyword of :func:`read_image`, the
 value set with :func:`set_max_pixels`, the ``BMCD_MAX_PIXELS`` environment variable, and

@@ -175,7 +175,7 @@ class PreprocessInfo:
     def no_cell(self) -> bool:
         """True when no cell was seen: no foreground at all, or a foreground region smaller
         than :data:`MIN_CELL_SIDE` pixels on its longer side (a 1 x 1 image, a speck). The
-        image is still classified, but its label means little (docs/preprocessing.rst)."""
+        image is still classified, but its label means little (docs/models.rst)."""
         return not self.found_cell or max(self.bbox[2], self.bbox[3]) < MIN_CELL_SIDE
 
 

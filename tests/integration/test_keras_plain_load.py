@@ -1,6 +1,6 @@
 """A bmcd ``model.keras`` opens in plain Keras with ``bmcd.custom_objects()``, and the Keras
 backend of ``bmcd predict`` keeps TensorFlow's C++ log off stderr (issue 12;
-docs/model-format.rst, "Opening model.keras in plain Keras").
+docs/models.rst, "Opening model.keras in plain Keras").
 
 Each check runs in a fresh interpreter, as a user would, so no earlier test has registered
 bmcd's layer already. The model is built, not trained (MobileNetV2 at 32 px).

@@ -1,6 +1,6 @@
 """Issue 12, images / models / predict: hostile inputs give one clear BmcdError, never a
-traceback, and memory stays bounded (docs/preprocessing.rst "Pixel limit",
-docs/model-format.rst "Integrity").
+traceback, and memory stays bounded (docs/models.rst "Pixel limit",
+docs/models.rst "Integrity").
 
 Each test here fails on the code before issue 12 (noted per test).
 """

@@ -1,6 +1,6 @@
 """Property-based tests (issue 12): whatever bytes or images arrive, bmcd answers with a
 :class:`~bmcd.errors.BmcdError` or a correct result, never another exception, and memory
-stays bounded by the pixel limit (docs/preprocessing.rst, "Pixel limit").
+stays bounded by the pixel limit (docs/models.rst, "Pixel limit").
 """
 
 from __future__ import annotations

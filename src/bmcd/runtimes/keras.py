@@ -90,7 +90,7 @@ def custom_objects() -> dict[str, Any]:
 
     Calling it also registers them with Keras, so after ``bmcd.custom_objects()`` both
     forms below work, e.g. to fine-tune a bmcd model further in plain Keras
-    (docs/model-format.rst, "Opening model.keras in plain Keras").
+    (docs/models.rst, "Opening model.keras in plain Keras").
 
     Examples
     --------
