@@ -531,7 +531,7 @@ def test_keras_backend_predict_batch_contract(fitted_mobilenet, learnable_split)
     backend = fitted_mobilenet.backend_
     assert backend.name == "keras" and backend.image_size == 64
     # real (synthetic) cells, whose outputs vary, over three chunks of batch_size 64
-    files = learnable_split.test.absolute_paths()[:150]
+    files = (learnable_split.test.absolute_paths() + learnable_split.val.absolute_paths())[:150]
     x = preprocess_batch(files, fitted_mobilenet._config())
     p = backend.predict_batch(x)
     assert p.shape == (150,) and p.dtype == np.float32
