@@ -377,3 +377,18 @@ def test_classifier_predict_details(tiny_onnx_model_dir):
     assert d["no_cell"].tolist() == [False, True, True]
     np.testing.assert_allclose(d["p_all"], clf.predict_proba(items)[:, 1])
     assert d["label"].tolist() == clf.predict(items).tolist()
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_every_onnx_backend_verifies_the_recorded_sha256(backend, tmp_path, tiny_onnx_model_dir):
+    import shutil
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    d = tmp_path / "m"
+    shutil.copytree(tiny_onnx_model_dir, d)
+    update_model_json(d, "exports", "onnx", {"file": ONNX_FILE, "sha256": "0" * 64})
+    with pytest.raises(ModelFormatError, match="does not match the sha256"):
+        bmcd.Classifier.load(d, backend=backend)
+    rehash_exports(d)
+    assert bmcd.Classifier.load(d, backend=backend).predict([_cell()]).shape == (1,)
