@@ -41,6 +41,7 @@ _LAZY = {
     "score": "bmcd.scoring",
     "export_onnx": "bmcd.exporters.onnx",
     "quantize_int8": "bmcd.exporters.quantize",
+    "custom_objects": "bmcd.runtimes.keras",
 }
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "score",
     "export_onnx",
     "quantize_int8",
+    "custom_objects",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,6 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .exporters.onnx import export_onnx
     from .exporters.quantize import quantize_int8
     from .metrics import EvaluationReport
+    from .runtimes.keras import custom_objects
     from .scoring import score
     from .synthetic import make_cells
 

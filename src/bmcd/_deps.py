@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
+import tempfile
 from types import ModuleType
 
 from .errors import MissingDependencyError
@@ -42,10 +44,14 @@ def optional_import(module: str, *, purpose: str | None = None) -> ModuleType:
     """
     top = module.split(".")[0]
     if top in ("tensorflow", "keras", "tf2onnx"):
-        # TensorFlow's C++ INFO/WARNING lines (oneDNN, CUDA probing, grappler sessions) drown
-        # bmcd's own output; errors still show. A value set by the user wins.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # TensorFlow's C++ log lines (oneDNN, CUDA probing such as "failed call to cuInit",
+        # grappler sessions) drown bmcd's own output and are not about the user's data: a
+        # real failure still reaches the user as a Python exception. A value set by the
+        # user wins (TF_CPP_MIN_LOG_LEVEL=0 shows everything).
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
+        if top in ("tensorflow", "keras", "tf2onnx") and "tensorflow" not in sys.modules:
+            return _import_tensorflow_quietly(module)
         return importlib.import_module(module)
     except ImportError as exc:  # ModuleNotFoundError, or a blocked / broken install
         dist, extra = _PROVIDERS.get(top, (top, None))
@@ -55,3 +61,39 @@ def optional_import(module: str, *, purpose: str | None = None) -> ModuleType:
             f"bmcd needs the optional package '{dist}'{why}, but importing '{module}' failed "
             f"({exc.__class__.__name__}: {exc}). Install it with: {hint}"
         ) from exc
+
+
+def _import_tensorflow_quietly(module: str) -> ModuleType:
+    """Import ``module`` (TensorFlow or a package that imports it) with its C++ log muted.
+
+    TensorFlow 2.21 logs through absl before any setting is read, so
+    ``TF_CPP_MIN_LOG_LEVEL`` no longer hides lines such as ``failed call to cuInit`` or the
+    oneDNN notice. While TensorFlow is imported and probes its devices, file descriptor 2
+    is pointed at a temporary file; it is replayed on stderr when the import fails, or when
+    the user asked for TensorFlow's log with ``TF_CPP_MIN_LOG_LEVEL`` 0 or 1.
+    """
+    verbose = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3").strip() in ("0", "1")
+    if verbose:
+        return importlib.import_module(module)
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreter)
+        return importlib.import_module(module)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        failed = True
+        try:
+            mod = importlib.import_module(module)
+            tf = sys.modules.get("tensorflow")
+            if tf is not None and hasattr(tf, "config"):
+                tf.config.list_physical_devices()  # the CUDA probe logs here, once
+            failed = False
+            return mod
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                log.seek(0)
+                sys.stderr.write(log.read().decode("utf-8", "replace"))

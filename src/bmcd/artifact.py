@@ -17,6 +17,7 @@ metadata key ``"bmcd"``, so a bare ``.onnx`` file is self-describing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -50,6 +51,9 @@ __all__ = [
     "onnx_metadata",
     "parse_onnx_metadata",
     "atomic_write_bytes",
+    "file_sha256",
+    "verify_export_sha256",
+    "rehash_exports",
 ]
 
 SCHEMA_VERSION = 1
@@ -129,6 +133,7 @@ def validate_model_json(meta: Any, source: str = MODEL_JSON) -> dict[str, Any]:
             f"{source}: missing required keys {missing}. Expected at least {list(_REQUIRED)}. "
             f"Re-save the model with Classifier.save() or re-export it."
         )
+    _check_types(meta, source)
     if meta["schema_version"] != SCHEMA_VERSION:
         raise ModelFormatError(
             f"{source}: unknown schema_version {meta['schema_version']!r}; this bmcd "
@@ -137,7 +142,7 @@ def validate_model_json(meta: Any, source: str = MODEL_JSON) -> dict[str, Any]:
         )
     if not isinstance(meta["arch"], str) or not meta["arch"]:
         raise ModelFormatError(f"{source}: 'arch' must be a non-empty string, received {meta['arch']!r}.")
-    if list(meta["classes"]) != list(CLASSES) or meta["positive_class"] != POSITIVE_CLASS:
+    if meta["classes"] != list(CLASSES) or meta["positive_class"] != POSITIVE_CLASS:
         raise ModelFormatError(
             f"{source}: expected classes {list(CLASSES)} with positive_class "
             f"'{POSITIVE_CLASS}', received {meta['classes']!r} / {meta['positive_class']!r}."
@@ -147,7 +152,7 @@ def validate_model_json(meta: Any, source: str = MODEL_JSON) -> dict[str, Any]:
         raise ModelFormatError(f"{source}: 'threshold' must be a number in [0, 1], received {thr!r}.")
     try:
         cfg = PreprocessConfig.from_dict(meta["preprocess"])
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # ConfigError is a ValueError
         raise ModelFormatError(f"{source}: invalid 'preprocess' section: {exc}") from exc
     if meta["image_size"] != cfg.image_size:
         raise ModelFormatError(
@@ -157,8 +162,53 @@ def validate_model_json(meta: Any, source: str = MODEL_JSON) -> dict[str, Any]:
     for key in ("training", "metrics", "exports"):
         meta.setdefault(key, {})
         if not isinstance(meta[key], dict):
-            raise ModelFormatError(f"{source}: '{key}' must be an object, received {meta[key]!r}.")
+            raise ModelFormatError(f"{source}: '{key}' must be an object, received {meta[key]!r:.80}.")
+    for name, rec in meta["exports"].items():
+        if not isinstance(rec, dict):
+            raise ModelFormatError(
+                f"{source}: exports.{name} must be an object, received {rec!r:.80}. Re-export "
+                f"the model (`bmcd export`)."
+            )
+        sha = rec.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
+            raise ModelFormatError(
+                f"{source}: exports.{name}.sha256 must be a 64-character hex string, received "
+                f"{sha!r:.80}. Re-record it with `bmcd export MODEL --rehash`."
+            )
     return meta
+
+
+# the JSON type each required key must have (bool is excluded from the numbers)
+_TYPES: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,),
+    "bmcd_version": (str,),
+    "arch": (str,),
+    "image_size": (int,),
+    "classes": (list,),
+    "positive_class": (str,),
+    "threshold": (int, float),
+    "preprocess": (dict,),
+}
+_TYPE_NAMES = {int: "an integer", str: "a string", list: "a list", dict: "an object",
+               float: "a number"}
+
+
+def _check_types(meta: dict[str, Any], source: str) -> None:
+    """Every required field has its JSON type, so later checks never raise TypeError."""
+    for key, types in _TYPES.items():
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            want = "a number" if float in types else _TYPE_NAMES[types[0]]
+            raise ModelFormatError(
+                f"{source}: '{key}' must be {want}, received {value!r:.80} "
+                f"({type(value).__name__}). The file was edited by hand or is corrupt; "
+                f"re-save the model with Classifier.save() or `bmcd train`."
+            )
+    if not all(isinstance(c, str) for c in meta["classes"]):
+        raise ModelFormatError(
+            f"{source}: 'classes' must be a list of strings {list(CLASSES)}, received "
+            f"{meta['classes']!r:.80}."
+        )
 
 
 def read_model_json(model_dir: str | os.PathLike) -> dict[str, Any]:
@@ -372,3 +422,85 @@ def _json_default(obj: Any) -> Any:
         f"metadata take numbers, strings, lists, dicts, numpy values and paths. Convert "
         f"{obj!r:.80} to one of those."
     )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _export_record_for(meta: dict[str, Any], file_name: str) -> tuple[str, dict] | None:
+    for key, rec in (meta.get("exports") or {}).items():
+        if isinstance(rec, dict) and rec.get("file") == file_name and rec.get("sha256"):
+            return key, rec
+    return None
+
+
+def verify_export_sha256(model_dir: str | os.PathLike, meta: dict[str, Any],
+                         file: str | os.PathLike) -> str | None:
+    """Check an exported file against the sha256 its ``bmcd.json`` records.
+
+    The ONNX and OpenVINO backends call this when they load a model directory, so a
+    ``model.onnx`` swapped for another file is refused instead of scored silently
+    (docs/models.rst, "Integrity"). A file with no recorded sha256 (an export older
+    than the record, or a hand-made model) is accepted.
+
+    Returns
+    -------
+    str or None
+        The verified sha256, or None when nothing was recorded.
+
+    Raises
+    ------
+    ModelFormatError
+        The file's sha256 differs from the recorded one.
+    """
+    file = Path(file)
+    found = _export_record_for(meta, file.name)
+    if found is None:
+        return None
+    key, rec = found
+    actual = file_sha256(file)
+    if actual != rec["sha256"]:
+        raise ModelFormatError(
+            f"'{file}' does not match the sha256 recorded in {Path(model_dir) / MODEL_JSON} "
+            f"(exports.{key}: recorded {rec['sha256'][:12]}..., file {actual[:12]}...): the "
+            f"file was replaced or damaged after export. Re-export it (`bmcd export "
+            f"{model_dir}`), or, if you swapped it on purpose, record the new file with "
+            f"`bmcd export {model_dir} --rehash` (bmcd.artifact.rehash_exports)."
+        )
+    return actual
+
+
+def rehash_exports(model_dir: str | os.PathLike) -> dict[str, str]:
+    """Record the current sha256 (and size) of every exported file in ``bmcd.json``.
+
+    Use this after replacing an exported file on purpose; loading then accepts the new
+    file. Records whose file is missing are left as they are.
+
+    Returns
+    -------
+    dict
+        ``{export key: new sha256}`` for the records that were updated.
+
+    Raises
+    ------
+    ModelFormatError
+        ``model_dir`` is not a valid model directory.
+    """
+    d = Path(model_dir)
+    meta = read_model_json(d)
+    changed: dict[str, str] = {}
+    for key, rec in meta["exports"].items():
+        name = rec.get("file")
+        if not isinstance(name, str) or not (d / name).is_file():
+            continue
+        sha = file_sha256(d / name)
+        rec["sha256"], rec["bytes"] = sha, (d / name).stat().st_size
+        changed[key] = sha
+    write_model_json(d, meta)
+    return changed

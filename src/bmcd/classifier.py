@@ -28,7 +28,7 @@ from .artifact import CLASSES, ModelMeta, write_model_json
 from .data import Dataset, iter_image_files, load_dataset
 from .errors import ConfigError, ConfigTypeError, DatasetError, ModelFormatError, NotFittedError
 from .labels import label_names
-from .preprocessing import IMAGE_EXTENSIONS, PreprocessConfig, preprocess_batch
+from .preprocessing import IMAGE_EXTENSIONS, PreprocessConfig, preprocess_batch_with_info
 from .training import TrainConfig
 from .training.models import check_arch, is_scratch
 
@@ -246,7 +246,8 @@ class Classifier:
     def _config(self) -> PreprocessConfig:
         return ModelMeta.from_dict(self.meta_).preprocess
 
-    def _p_all(self, X: Any, batch_size: int = 32, progress: bool | None = None) -> np.ndarray:
+    def _p_all(self, X: Any, batch_size: int = 32, progress: bool | None = None,
+               no_cell: list[bool] | None = None) -> np.ndarray:
         from tqdm.auto import tqdm
 
         items, _ = _resolve_inputs(X)
@@ -256,8 +257,10 @@ class Classifier:
         with tqdm(total=len(items), desc="predict", unit="img",
                   disable=True if len(items) <= chunk else progress) as bar:
             for start in range(0, len(items), chunk):
-                x = preprocess_batch(items[start : start + chunk], config)
+                x, infos = preprocess_batch_with_info(items[start : start + chunk], config)
                 out[start : start + len(x)] = self.backend_.predict_batch(x)
+                if no_cell is not None:
+                    no_cell.extend(info.no_cell for info in infos)
                 bar.update(len(x))
         return out
 
@@ -441,6 +444,32 @@ class Classifier:
         self._check_fitted("predict")
         p = self._p_all(X, batch_size=batch_size)
         return label_names(p, self.threshold_)
+
+    def predict_details(self, X: Any, batch_size: int = 32) -> dict[str, np.ndarray]:
+        """p(all), the label and the no-cell flag of every image, in one pass.
+
+        Accepts the same ``X`` as :meth:`predict_proba`.
+
+        Returns
+        -------
+        dict of ndarray, each of length n
+            ``"p_all"`` (float64), ``"label"`` (``"all"`` / ``"hem"``, the rule of
+            :meth:`predict`) and ``"no_cell"`` (bool): True where preprocessing found no
+            cell (an all-black image, a 1 x 1 image, a speck; see
+            :attr:`bmcd.preprocessing.PreprocessInfo.no_cell`). Such an image still gets a
+            probability and a label, but they say little.
+
+        Examples
+        --------
+        >>> d = clf.predict_details(["cell.bmp", "black.png"])   # doctest: +SKIP
+        >>> d["no_cell"]                                         # doctest: +SKIP
+        array([False,  True])
+        """
+        self._check_fitted("predict")
+        flags: list[bool] = []
+        p = self._p_all(X, batch_size=batch_size, no_cell=flags)
+        return {"p_all": p, "label": label_names(p, self.threshold_),
+                "no_cell": np.asarray(flags, dtype=bool)}
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(

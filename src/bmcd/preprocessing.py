@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from .errors import ConfigError, ImageReadError
+from .imageio import decode_image, describe_source, read_image, to_rgb_uint8
 
 __all__ = [
     "PreprocessConfig",
@@ -39,7 +40,9 @@ __all__ = [
     "preprocess",
     "preprocess_with_info",
     "preprocess_batch",
+    "preprocess_batch_with_info",
     "default_workers",
+    "MIN_CELL_SIDE",
     "IMAGE_EXTENSIONS",
     "preprocess_folder",
     "FolderResult",
@@ -145,6 +148,11 @@ class PreprocessConfig:
         return cls(**data)
 
 
+#: A foreground region whose bounding box is shorter than this on its longer side is not
+#: taken for a cell (:attr:`PreprocessInfo.no_cell`); C-NMC cells span 100-400 pixels.
+MIN_CELL_SIDE = 8
+
+
 @dataclass(frozen=True)
 class PreprocessInfo:
     """What :func:`preprocess_with_info` noticed about one image.
@@ -163,131 +171,12 @@ class PreprocessInfo:
     bbox: tuple[int, int, int, int]
     original_shape: tuple[int, int]
 
-
-def _describe(source: Any) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return str(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<{len(source)} bytes>"
-    return f"<{type(source).__name__}>"
-
-
-def to_rgb_uint8(image: np.ndarray, *, bgr: bool = False, source: str = "<array>") -> np.ndarray:
-    """Convert a decoded or user-supplied array to contiguous RGB uint8 (H, W, 3).
-
-    Grayscale (H, W) or (H, W, 1) is expanded to 3 channels, a 4th (alpha) channel is
-    dropped, 16-bit is scaled to 8-bit (``v >> 8``), and float input is taken to be in
-    [0, 255] (values in [0, 1] are scaled up). Set ``bgr=True`` for OpenCV-decoded arrays.
-    """
-    if not isinstance(image, np.ndarray):
-        raise ImageReadError(
-            f"Expected a numpy array image, received {type(image).__name__} from {source}.",
-            path=source,
-        )
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-        raise ImageReadError(
-            f"Expected an image of shape (H, W), (H, W, 3) or (H, W, 4); received shape "
-            f"{image.shape} from {source}.",
-            path=source,
-        )
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ImageReadError(f"Image from {source} is empty (shape {image.shape}).", path=source)
-
-    if image.dtype == np.uint8:
-        pass
-    elif image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype.kind == "f":
-        if not np.all(np.isfinite(image)):
-            raise ImageReadError(
-                f"Image from {source} contains NaN or infinite values.", path=source
-            )
-        scale = 255.0 if image.size and float(image.max()) <= 1.0 else 1.0
-        image = np.clip(np.rint(image * scale), 0, 255).astype(np.uint8)
-    elif image.dtype == np.bool_:
-        image = image.astype(np.uint8) * 255
-    else:
-        raise ImageReadError(
-            f"Unsupported image dtype {image.dtype} from {source}; expected uint8, uint16 or "
-            f"float. Convert the image to 8-bit RGB first.",
-            path=source,
-        )
-
-    if image.ndim == 2:
-        code = cv2.COLOR_GRAY2RGB
-    elif image.shape[2] == 4:
-        code = cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB
-    else:
-        code = cv2.COLOR_BGR2RGB if bgr else None
-    if code is not None:
-        image = cv2.cvtColor(image, code)
-    return np.ascontiguousarray(image)
-
-
-def read_image(source: str | os.PathLike | bytes | bytearray | memoryview) -> np.ndarray:
-    """Decode an image file (BMP, PNG, JPEG, TIFF) to RGB uint8 of shape (H, W, 3).
-
-    Decoding always goes through ``cv2.imdecode`` on the file's bytes, so one code path
-    serves every format and non-ASCII paths work.
-
-    Raises
-    ------
-    ImageReadError
-        The path is missing, is a directory, is empty, or does not decode as an image.
-    """
-    image, is_bgr = _decode(source)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if is_bgr else image
-
-
-def _decode(source: str | os.PathLike | bytes | bytearray | memoryview) -> tuple[np.ndarray, bool]:
-    """Decode to uint8 (H, W, 3); returns ``(image, is_bgr)``.
-
-    8-bit colour images stay in OpenCV's BGR order (``is_bgr=True``) so the hot path can
-    convert only the small resized result; everything else is normalised to RGB here.
-    """
-    name = _describe(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise ImageReadError(
-                f"Image file not found: '{path}'. Check the path (and the working directory).",
-                path=str(path),
-            )
-        if path.is_dir():
-            raise ImageReadError(
-                f"Expected an image file but '{path}' is a directory. Pass the files inside "
-                f"it, or a dataset folder to load_dataset().",
-                path=str(path),
-            )
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ImageReadError(f"Cannot read image file '{path}': {exc}.", path=str(path)) from exc
-    else:
-        raise ImageReadError(
-            f"read_image expects a path or encoded bytes, received {type(source).__name__}.",
-            path=None,
-        )
-    if len(data) == 0:
-        raise ImageReadError(
-            f"Image file {name} is empty (0 bytes); re-export or re-copy it.",
-            path=name if not name.startswith("<") else None,
-        )
-    buf = np.frombuffer(data, dtype=np.uint8)
-    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if decoded is None:
-        raise ImageReadError(
-            f"Could not decode {name} as an image (expected BMP, PNG, JPEG or TIFF); the "
-            f"file is truncated, corrupt or not an image.",
-            path=name if not name.startswith("<") else None,
-        )
-    if decoded.dtype == np.uint8 and decoded.ndim == 3 and decoded.shape[2] == 3:
-        return decoded, True
-    return to_rgb_uint8(decoded, bgr=True, source=name), False
+    @property
+    def no_cell(self) -> bool:
+        """True when no cell was seen: no foreground at all, or a foreground region smaller
+        than :data:`MIN_CELL_SIDE` pixels on its longer side (a 1 x 1 image, a speck). The
+        image is still classified, but its label means little (docs/models.rst)."""
+        return not self.found_cell or max(self.bbox[2], self.bbox[3]) < MIN_CELL_SIDE
 
 
 def find_cell_bbox(image: np.ndarray, threshold: int = 10) -> tuple[int, int, int, int] | None:
@@ -409,7 +298,7 @@ def resize_to_square(
 def _load(item: ImageInput) -> tuple[np.ndarray, bool]:
     if isinstance(item, np.ndarray):
         return to_rgb_uint8(item, bgr=False), False
-    return _decode(item)
+    return decode_image(item)
 
 
 def preprocess_with_info(
@@ -425,6 +314,20 @@ def preprocess_with_info(
     """
     config = config or PreprocessConfig()
     image, is_bgr = _load(item)
+    try:
+        return _preprocess_loaded(image, is_bgr, config, out)
+    except cv2.error:
+        # e.g. an array too large for OpenCV's resize; the message names the input
+        raise ImageReadError(
+            f"Could not preprocess {describe_source(item)} (shape {image.shape}): OpenCV "
+            f"refused it. Check that it is an ordinary image of a sensible size.",
+            path=str(item) if isinstance(item, (str, os.PathLike)) else None,
+        ) from None
+
+
+def _preprocess_loaded(
+    image: np.ndarray, is_bgr: bool, config: PreprocessConfig, out: np.ndarray | None
+) -> tuple[np.ndarray, PreprocessInfo]:
     H, W = image.shape[:2]
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if is_bgr else cv2.COLOR_RGB2GRAY)
     bbox = find_cell_bbox(gray, config.threshold)
@@ -494,16 +397,32 @@ def preprocess_batch(
         On the first image that cannot be read (naming it). For per-file error handling
         over large collections use :func:`bmcd.scoring.score`.
     """
+    return preprocess_batch_with_info(items, config, workers)[0]
+
+
+def preprocess_batch_with_info(
+    items: Sequence[ImageInput] | Iterable[ImageInput],
+    config: PreprocessConfig | None = None,
+    workers: int | None = None,
+) -> tuple[np.ndarray, list[PreprocessInfo]]:
+    """:func:`preprocess_batch`, also returning one :class:`PreprocessInfo` per image.
+
+    Raises
+    ------
+    ImageReadError
+        On the first image that cannot be read (naming it).
+    """
     config = config or PreprocessConfig()
     items = list(items)
     S = config.image_size
     out = np.empty((len(items), S, S, 3), dtype=np.float32)
+    infos: list[Any] = [None] * len(items)
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, received {workers}.")
 
     def work(i: int) -> None:
-        preprocess_with_info(items[i], config, out=out[i])
+        infos[i] = preprocess_with_info(items[i], config, out=out[i])[1]
 
     if workers == 1 or len(items) <= 1:
         for i in range(len(items)):
@@ -512,7 +431,7 @@ def preprocess_batch(
         with ThreadPoolExecutor(max_workers=workers) as pool:
             # list() re-raises the first exception in input order
             list(pool.map(work, range(len(items))))
-    return out
+    return out, infos
 
 
 @dataclass(frozen=True)

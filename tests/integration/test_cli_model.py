@@ -90,7 +90,9 @@ def test_cli_errors_are_one_line(cli_model, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "missing"), "x.bmp"]) == EXIT_ERROR
     err = capsys.readouterr().err.strip()
     assert err.startswith("bmcd predict: error:") and len(err.splitlines()) == 1
-    assert main(["predict", str(cli_model), "x.bmp", "--int8"]) == EXIT_ERROR
+    with pytest.raises(SystemExit) as exc:  # a usage error (issue 12): exit 2
+        main(["predict", str(cli_model), "x.bmp", "--int8"])
+    assert exc.value.code == 2
     assert "--int8 needs --backend onnx" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["train", "data", "--arch", "vgg16", "--out", "m"])

@@ -150,7 +150,8 @@ def test_the_cycle_finder_can_fail():
 
 @pytest.mark.parametrize(
     "low",
-    ["bmcd.errors", "bmcd.preprocessing", "bmcd.artifact", "bmcd.data", "bmcd.synthetic"],
+    ["bmcd.errors", "bmcd.imageio", "bmcd.preprocessing", "bmcd.artifact", "bmcd.data",
+     "bmcd.synthetic"],
 )
 def test_base_modules_import_no_higher_layer(low):
     higher = ("bmcd.classifier", "bmcd.training", "bmcd.runtimes", "bmcd.exporters",

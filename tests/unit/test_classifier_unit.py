@@ -247,28 +247,91 @@ def test_scratch_training_is_one_full_phase_with_fast_bn_momentum(keras):
     assert record["history"]["phases"][0]["history"]["loss"] == [0.5] * 5
 
 
-def test_transfer_training_freezes_then_fine_tunes_from_named_layer(keras):
+def _spy_fit(model, calls):
+    """Wrap the REAL ``model.fit``: record each phase's settings and the weights before and
+    after it, then train for real."""
+    backbone = model.get_layer("backbone")
+    real_fit = model.fit
+
+    def snapshot():
+        return {w.path: np.array(w.numpy()) for w in model.weights}
+
+    def fit(x, validation_data=None, epochs=1, class_weight=None, callbacks=(), verbose=0,
+            shuffle=False):
+        call = {
+            "epochs": epochs,
+            "lr": float(model.optimizer.learning_rate.numpy()),
+            "trainable": [layer.name for layer in backbone.layers if layer.trainable],
+            "frozen_bn": [layer.name for layer in backbone.layers
+                          if type(layer).__name__ == "BatchNormalization"
+                          and not layer.trainable],
+            "head_trainable": model.get_layer("p_all").trainable,
+            "class_weight": class_weight,
+            "before": snapshot(),
+        }
+        history = real_fit(x, validation_data=validation_data, epochs=epochs,
+                           class_weight=class_weight, callbacks=callbacks, verbose=verbose,
+                           shuffle=shuffle)
+        call["after"] = snapshot()
+        calls.append(call)
+        return history
+
+    model.fit = fit
+
+
+def _layer_weights(model, layer_name: str) -> list[str]:
+    layer = model.get_layer("backbone").get_layer(layer_name)
+    return [w.path for w in layer.weights]
+
+
+def test_transfer_training_freezes_then_fine_tunes_from_named_layer(keras, tmp_path):
+    """A REAL 1 + 1 epoch transfer fit at 32 px from a local (random) weights file."""
     from bmcd.training import build_model, train_model
 
-    model = build_model("mobilenet_v2", 32, weights=None, bn_momentum=0.99)
+    weights = tmp_path / "mobilenet_v2_notop.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None,
+                                   input_shape=(32, 32, 3)).save_weights(weights)
+    model = build_model("mobilenet_v2", 32, weights=str(weights), bn_momentum=0.99)
     calls = []
-    _recording_fit(model, calls)
-    x, y = _tiny_xy()
+    _spy_fit(model, calls)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
+    y = np.array([1] * 9 + [0] * 3)  # imbalanced: 9 "all", 3 "hem"
     record = train_model(model, x, y, x[:4], y[:4], arch="mobilenet_v2", pretrained=True,
-                         epochs=2, fine_tune_epochs=3, learning_rate=1e-3,
-                         fine_tune_learning_rate=1e-5, balance="class_weight", verbose=0)
+                         epochs=1, fine_tune_epochs=1, learning_rate=1e-2,
+                         fine_tune_learning_rate=1e-2, balance="class_weight", batch_size=4,
+                         verbose=0)
     head, fine = calls
-    assert head["epochs"] == 2 and head["lr"] == pytest.approx(1e-3)
+    assert head["epochs"] == 1 and fine["epochs"] == 1
     assert head["trainable"] == [] and head["head_trainable"]  # backbone frozen
-    assert fine["epochs"] == 3 and fine["lr"] == pytest.approx(1e-5)
     names = [layer.name for layer in model.get_layer("backbone").layers]
     start = names.index("block_13_expand")  # the default for mobilenet_v2
     assert fine["trainable"] == names[start:]
-    # BatchNorm layers before the unfrozen block stay frozen (inference mode)
     assert fine["frozen_bn"] and all(names.index(n) < start for n in fine["frozen_bn"])
-    assert head["class_weight"] == fine["class_weight"] == {0: 1.0, 1: 1.0}
-    assert record["mode"] == "transfer" and record["epochs_run"] == {"head": 2, "fine_tune": 3}
-    assert record["balance"]["class_weight"] == {"0": 1.0, "1": 1.0}
+    # inverse-frequency class weights: n / (2 * count) = 12/6 for hem, 12/18 for all
+    for call in (head, fine):
+        assert call["class_weight"][0] == pytest.approx(2.0)
+        assert call["class_weight"][1] == pytest.approx(2 / 3)
+    assert record["balance"]["class_weight"] == {"0": pytest.approx(2.0),
+                                                 "1": pytest.approx(2 / 3)}
+
+    def changed(call, paths):
+        return [p for p in paths if not np.array_equal(call["before"][p], call["after"][p])]
+
+    backbone_paths = [w.path for w in model.get_layer("backbone").weights]
+    head_paths = [w.path for w in model.get_layer("p_all").weights]
+    # phase 1: every backbone weight (BatchNorm statistics included) is bit-identical,
+    # the head learns
+    assert changed(head, backbone_paths) == []
+    assert changed(head, head_paths) == head_paths
+    # phase 2: layers before block_13_expand stay bit-identical, the unfrozen ones change
+    frozen = [p for n in names[:start] for p in _layer_weights(model, n)]
+    unfrozen_convs = [p for n in names[start:] if "BN" not in n and "bn" not in n.lower()
+                      for p in _layer_weights(model, n)]
+    assert frozen and unfrozen_convs
+    assert changed(fine, frozen) == []
+    assert changed(fine, unfrozen_convs) == unfrozen_convs
+    assert record["mode"] == "transfer" and record["epochs_run"] == {"head": 1, "fine_tune": 1}
     with pytest.raises(ValueError, match="'no_such_layer' is not a layer of the backbone"):
         train_model(model, x, y, arch="mobilenet_v2", pretrained=True, epochs=1,
                     fine_tune_epochs=1, fine_tune_from="no_such_layer", verbose=0)
@@ -464,14 +527,20 @@ def test_missing_or_corrupt_model_file(saved_model, tmp_path):
         Classifier.load(corrupt)
 
 
-def test_keras_backend_predict_batch_contract(fitted_mobilenet):
+def test_keras_backend_predict_batch_contract(fitted_mobilenet, learnable_split):
     backend = fitted_mobilenet.backend_
     assert backend.name == "keras" and backend.image_size == 64
-    x = np.random.default_rng(0).uniform(0, 255, size=(70, 64, 64, 3)).astype(np.float32)
+    # real (synthetic) cells, whose outputs vary, over three chunks of batch_size 64
+    files = (learnable_split.test.absolute_paths() + learnable_split.val.absolute_paths())[:150]
+    x = preprocess_batch(files, fitted_mobilenet._config())
     p = backend.predict_batch(x)
-    assert p.shape == (70,) and p.dtype == np.float32
-    # chunking (batch_size 64) does not change results beyond float noise
-    assert np.allclose(p[:5], backend.predict_batch(x[:5]), atol=1e-6)
+    assert p.shape == (150,) and p.dtype == np.float32
+    assert backend.batch_size == 64 and float(p.std()) > 0.05 and p.min() < 0.5 < p.max()
+    # row by row: each image alone gives its own row's value (a batch that re-read the
+    # first rows, or shifted them, would fail here)
+    alone = np.array([backend.predict_batch(x[i : i + 1])[0] for i in range(len(x))])
+    np.testing.assert_allclose(p, alone, atol=1e-5)
+    np.testing.assert_allclose(backend.predict_batch(x[::-1]), p[::-1], atol=1e-5)
     assert backend.predict_batch(x[:0]).shape == (0,)
     with pytest.raises(ValueError, match=r"expects preprocessed input of shape \(n, 64, 64, 3\)"):
         backend.predict_batch(x[:, :32, :32])

@@ -305,11 +305,23 @@ def test_validate_parity_passes_on_the_same_function_and_catches_offsets(tmp_pat
     rec = ex.validate_parity(_MeanKeras(offset=5e-4), path, x, atol=1e-3, check=False)
     assert rec["passed"]  # a looser tolerance, stated by the caller
 
-    # a label flip fails even inside the tolerance
-    thr = float(np.median(_MeanKeras()(x)))
+    # a label flip fails even inside the tolerance: the threshold sits between the two
+    # outputs of ONE sample (p_onnx < thr <= p_keras = p_onnx + offset), and every other
+    # sample is farther than the offset from it, so exactly one label disagrees
+    p = np.sort(_MeanKeras()(x).ravel().astype(np.float64))
+    gaps = np.minimum(np.diff(p, prepend=-np.inf)[1:-1], np.diff(p)[1:])
+    k = 1 + int(np.argmax(gaps))  # an inner sample with the widest room on both sides
+    offset = float(gaps.max()) / 2
+    assert offset > 1e-5  # far above float32 rounding (4e-7), so the flip is the offset's
+    thr = float(p[k]) + offset / 2
     with pytest.raises(ExportValidationError) as err:
-        ex.validate_parity(_MeanKeras(offset=-1e-9), path, x, threshold=thr + 1e-9, atol=1.0)
-    assert err.value.details["label_disagreements"] >= 0  # numbers are present
+        ex.validate_parity(_MeanKeras(offset=offset), path, x, threshold=thr, atol=1.0)
+    d = err.value.details
+    assert d["label_disagreements"] == 1 and d["label_agreement"] == pytest.approx(20 / 21)
+    assert d["max_abs_diff"] <= 1.0  # inside the tolerance: only the label failed
+    # the same threshold with no offset: no disagreement at all
+    rec = ex.validate_parity(_MeanKeras(), path, x, threshold=thr, atol=1.0)
+    assert rec["passed"] and rec["label_disagreements"] == 0
     nan = _MeanKeras(offset=float("nan"))
     with pytest.raises(ExportValidationError) as err:
         ex.validate_parity(nan, path, x)

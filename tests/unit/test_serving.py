@@ -215,11 +215,9 @@ def test_image_dimensions_of_real_encodings():
     import cv2
 
     img = np.zeros((37, 53, 3), np.uint8)
-    for ext in (".png", ".bmp", ".jpg"):
+    for ext in (".png", ".bmp", ".jpg", ".tif"):  # TIFF: the first IFD (bmcd.imageio)
         ok, buf = cv2.imencode(ext, img)
         assert image_dimensions(buf.tobytes()) == (53, 37), ext
-    ok, buf = cv2.imencode(".tif", img)
-    assert image_dimensions(buf.tobytes()) is None
     assert image_dimensions(b"") is None and image_dimensions(b"BM") is None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .._version import __version__
@@ -44,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line are one line each, without a source excerpt."""
+    return f"bmcd: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bmcd`` command line; returns the exit status."""
     parser = build_parser()
@@ -51,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    saved_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return int(args.func(args) or EXIT_OK)
     except BmcdError as exc:
@@ -66,3 +73,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_ERROR
+    finally:
+        warnings.formatwarning = saved_format

@@ -31,6 +31,40 @@ def _fraction_arg(text: str) -> float:
     return value
 
 
+def _positive_int_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; received {text!r}")
+    return value
+
+
+def printable_path(path: str) -> str:
+    """``path`` with every non-printable character escaped, so one name stays one line.
+
+    A newline becomes ``\\n``, a tab ``\\t``, a byte that is not UTF-8 (kept by Python
+    as a surrogate) ``\\xNN``; printable text, non-ASCII letters included, is unchanged.
+
+    Examples
+    --------
+    >>> printable_path("a\\nb.bmp"), printable_path("café.bmp")
+    ('a\\\\nb.bmp', 'café.bmp')
+    """
+    if path.isprintable():
+        return path
+    out = []
+    for c in path:
+        if c.isprintable():
+            out.append(c)
+        elif 0xDC80 <= ord(c) <= 0xDCFF:  # os.fsdecode's surrogateescape of one raw byte
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        else:
+            out.append(c.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     from ..runtimes import available_backends
 
@@ -46,7 +80,8 @@ def _load_classifier(args: argparse.Namespace):
     options = {}
     if args.int8:
         if args.backend != "onnx":
-            raise BmcdError("--int8 needs --backend onnx (the Keras model is float32).")
+            # a usage error (exit 2), found before the model is loaded
+            args.parser.error("--int8 needs --backend onnx (the Keras model is float32)")
         options["precision"] = "int8"
     return Classifier.load(args.model, backend=args.backend, **options)
 
@@ -136,9 +171,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", metavar="DATA", help="dataset folder or CSV manifest")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write metrics.json, plots and report.html here")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--batch-size", type=_positive_int_arg, default=32, metavar="N")
     _add_backend_args(p)
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=_cmd_evaluate, parser=p)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -159,15 +194,18 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="print p(all) and the label for images",
         description=(
             "Print one line per image: path<TAB>p(all)<TAB>label, where label is 'all' when "
-            "p(all) >= the model's threshold, else 'hem'. Folders are searched for images. "
-            "Unreadable images are reported on stderr (exit status 3)."
+            "p(all) >= the model's threshold, else 'hem'; a fourth field 'no_cell' marks an "
+            "image in which no cell was found (all black, or a speck), whose label means "
+            "little. Non-printable characters in paths are escaped (\\n, \\xNN). Folders "
+            "are searched for images. Unreadable images are reported on stderr (exit "
+            "status 3)."
         ),
     )
     p.add_argument("model", metavar="MODEL", help="model directory")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--batch-size", type=_positive_int_arg, default=32, metavar="N")
     _add_backend_args(p)
-    p.set_defaults(func=_cmd_predict)
+    p.set_defaults(func=_cmd_predict, parser=p)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -176,6 +214,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ..data import iter_image_files
     from ..errors import ImageReadError
 
+    if args.int8 and args.backend != "onnx":  # the usage error before any file is walked
+        args.parser.error("--int8 needs --backend onnx (the Keras model is float32)")
     files: list[str] = []
     for item in args.images:
         path = Path(item)
@@ -192,21 +232,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for start in range(0, len(files), chunk):
         group = files[start : start + chunk]
         try:
-            probs = clf.predict_proba(group, batch_size=args.batch_size)[:, 1]
-            rows = list(zip(group, probs, strict=True))
+            rows = _predict_rows(clf, group, args.batch_size)
         except ImageReadError:
             rows = []
             for f in group:  # find the unreadable ones, keep the rest
                 try:
-                    rows.append((f, clf.predict_proba([f])[0, 1]))
+                    rows.extend(_predict_rows(clf, [f], 1))
                 except ImageReadError as exc:
                     failed += 1
-                    print(f"bmcd predict: {exc}", file=sys.stderr)
-        for f, p in rows:
-            label = "all" if p >= clf.threshold_ else "hem"
-            print(f"{f}\t{p:.6f}\t{label}")
+                    print(f"bmcd predict: {printable_path(str(exc))}", file=sys.stderr)
+        for f, p, label, no_cell in rows:
+            flag = "\tno_cell" if no_cell else ""
+            print(f"{printable_path(f)}\t{p:.6f}\t{label}{flag}")
     sys.stdout.flush()
     return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _predict_rows(clf, files: list[str], batch_size: int) -> list[tuple[str, float, str, bool]]:
+    d = clf.predict_details(files, batch_size=batch_size)
+    return list(zip(files, d["p_all"].tolist(), d["label"].tolist(), d["no_cell"].tolist(),
+                    strict=True))
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

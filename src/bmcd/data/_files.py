@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from collections.abc import Iterator
@@ -26,8 +27,8 @@ def iter_image_files(folder: str | os.PathLike) -> Iterator[str]:
     Hidden files and folders (names starting with ``.``) are skipped. Within a folder, the
     image files come first in name order, then each subfolder in name order (depth first),
     so the order is stable across runs and machines. Symbolic links to folders are followed
-    once: a link that leads back to a folder already being walked is skipped with a warning
-    instead of looping.
+    once: a link that leads back to a folder already being walked, or a link that points to
+    itself, is skipped with a warning instead of looping.
 
     Raises
     ------
@@ -71,11 +72,40 @@ def _walk(folder: str, ancestors: tuple[tuple[int, int], ...]) -> Iterator[str]:
         except OSError:  # e.g. ELOOP on a self-referencing link
             is_dir = False
         if is_dir:
+            if entry.is_symlink() and _leads_above(entry.path, folder):
+                warnings.warn(
+                    f"Skipping '{entry.path}': a symbolic link loop (it leads back to a "
+                    f"folder above it).",
+                    stacklevel=3,
+                )
+                continue
             subdirs.append(entry.path)
         elif is_image_file(entry.name):
+            if entry.is_symlink() and _is_link_loop(entry.path):
+                warnings.warn(
+                    f"Skipping '{entry.path}': a symbolic link loop (the link leads back to "
+                    f"itself), not an image.",
+                    stacklevel=3,
+                )
+                continue
             yield entry.path
     for sub in subdirs:
         yield from _walk(sub, ancestors + (here,))
+
+
+def _leads_above(link: str, folder: str) -> bool:
+    """True when the folder link ``link`` inside ``folder`` points at ``folder`` or above."""
+    target = os.path.realpath(link)
+    here = os.path.realpath(folder)
+    return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
+
+
+def _is_link_loop(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _scan_images(folder: str) -> list[str]:

@@ -28,7 +28,13 @@ from ..artifact import INPUT_NAME, KERAS_FILE, atomic_write_bytes, read_model_me
 from ..errors import ConfigError, ConfigTypeError, ModelFormatError
 from . import Backend, register_backend
 
-__all__ = ["KerasBackend", "image_preprocess_layer", "keras_module", "model_input_size"]
+__all__ = [
+    "KerasBackend",
+    "custom_objects",
+    "image_preprocess_layer",
+    "keras_module",
+    "model_input_size",
+]
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -77,6 +83,23 @@ def image_preprocess_layer():
 
     _LAYER_CLASS = ImagePreprocess
     return ImagePreprocess
+
+
+def custom_objects() -> dict[str, Any]:
+    """The Keras classes a bmcd ``model.keras`` needs, for plain Keras loading.
+
+    Calling it also registers them with Keras, so after ``bmcd.custom_objects()`` both
+    forms below work, e.g. to fine-tune a bmcd model further in plain Keras
+    (docs/models.rst, "Opening model.keras in plain Keras").
+
+    Examples
+    --------
+    >>> import bmcd, keras                                               # doctest: +SKIP
+    >>> model = keras.saving.load_model("model/model.keras",
+    ...                                 custom_objects=bmcd.custom_objects())  # doctest: +SKIP
+    """
+    cls = image_preprocess_layer()
+    return {"bmcd>ImagePreprocess": cls, "ImagePreprocess": cls}
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,9 +190,10 @@ class KerasBackend(Backend):
         try:
             model = keras.saving.load_model(file, compile=False, safe_mode=True)
         except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise ModelFormatError(
                 f"Could not load '{file}' as a Keras model in safe mode "
-                f"({exc.__class__.__name__}: {exc}). The file is corrupt, was written by an "
+                f"({exc.__class__.__name__}: {first}). The file is corrupt, was written by an "
                 f"incompatible Keras, or contains unsafe (lambda) layers."
             ) from exc
         h, w, c = model_input_size(model)

@@ -17,6 +17,7 @@ from ..artifact import (
     ONNX_INT8_FILE,
     parse_onnx_metadata,
     read_model_meta,
+    verify_export_sha256,
 )
 from ..errors import ConfigError, ModelFormatError
 from ..preprocessing import default_workers
@@ -88,15 +89,33 @@ def make_session(
     if not allow_spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = path if isinstance(path, bytes) else str(path)
+    if isinstance(source, str) and not _utf8_encodable(source):
+        # onnxruntime takes paths as UTF-8 only; a name with non-UTF-8 bytes (kept by
+        # Python as surrogates) is loaded from its bytes instead
+        try:
+            with open(path, "rb") as fh:
+                source = fh.read()
+        except OSError as exc:
+            raise ModelFormatError(
+                f"Cannot read the ONNX file {str(path)!r}: {exc.strerror or exc}."
+            ) from exc
     try:
         return ort.InferenceSession(source, sess_options=so, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / ...
         where = "the given model" if isinstance(path, bytes) else f"'{path}'"
+        first = (str(exc).strip().splitlines() or [""])[0][:300]  # one line, not pybind's dump
         raise ModelFormatError(
             f"ONNX Runtime {ort.__version__} could not load {where} "
-            f"({exc.__class__.__name__}: {str(exc).strip()[:500]}). Re-export it with "
-            f"`bmcd export`."
+            f"({exc.__class__.__name__}: {first}). Re-export it with `bmcd export`."
         ) from exc
+
+
+def _utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @register_backend("onnx")
@@ -220,6 +239,7 @@ class OnnxRuntimeBackend(Backend):
                     f"Model directory '{p}' has no {PRECISIONS[precision]}. Export it first: "
                     f"`bmcd export {p}{flag}`."
                 )
+            verify_export_sha256(p, meta, file)  # a swapped file is refused
         elif p.is_file():
             file, meta = p, None  # read from the file's own metadata
         else:

@@ -47,6 +47,7 @@ from ..artifact import (
     ONNX_METADATA_KEY,
     parse_onnx_metadata,
     read_model_json,
+    verify_export_sha256,
 )
 from ..errors import ConfigError, MissingDependencyError, ModelFormatError
 from ..preprocessing import default_workers
@@ -470,6 +471,7 @@ class OpenVINOBackend(Backend):
                     f"Model directory '{p}' has no {PRECISIONS[precision]}. Export it first: "
                     f"`bmcd export {p}{flag}`."
                 )
+            verify_export_sha256(p, meta, file)  # a swapped file is refused
         elif p.is_file():
             file, meta = p, None  # read from the file's own metadata
         else:

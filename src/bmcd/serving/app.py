@@ -275,7 +275,7 @@ def create_app(
             x, info = preprocess_with_info(item, config)
         except ImageReadError as exc:
             return None, False, ("unreadable", str(exc))
-        return x, not info.found_cell, None
+        return x, info.no_cell, None
 
     def row(name: str) -> dict[str, Any]:
         return {
