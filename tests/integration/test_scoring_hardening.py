@@ -385,21 +385,24 @@ def test_no_cell_images_are_flagged_without_changing_the_first_five_columns(
 # -- a model that sees colours and positions ---------------------------------------------
 
 
+SCALE, BIAS = 3e-5, -0.5  # logits of the 12 cells between about -1.6 and +1.7
+
+
 def test_scoring_keeps_channel_order_and_orientation(cells, tmp_path):
-    model = build_weighted_onnx_model(tmp_path / "weighted", image_size=32)
+    model = build_weighted_onnx_model(tmp_path / "weighted", image_size=32, scale=SCALE, bias=BIAS)
     out = tmp_path / "s.csv"
     score(model, cells, out, batch_size=5, progress=False)
     rows = rows_of(out)[1:]
     assert [r[0] for r in rows] == [str(c) for c in cells]
     cfg = PreprocessConfig(image_size=32)
     x = np.stack([preprocess(c, cfg) for c in cells])
-    expected = weighted_model_expected(x, 2e-4, 0.0)
+    expected = weighted_model_expected(x, SCALE, BIAS)
     got = np.array([float(r[1]) for r in rows])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
-    assert got.std() > 0.05  # outputs vary, so the comparison has power
-    # the test can tell: channel swap or flips change the outputs far beyond tolerance
+    assert got.std() > 0.1  # outputs vary, so the comparison has power
+    # the test can tell: a channel swap or a flip changes outputs 40x beyond the tolerance
     for wrong in (x[..., ::-1], x[:, ::-1], x[:, :, ::-1]):
-        assert np.abs(weighted_model_expected(wrong, 2e-4, 0.0) - got).max() > 0.05
+        assert np.abs(weighted_model_expected(wrong, SCALE, BIAS) - got).max() > 2e-3
     # one label rule: bmcd.labels.label_names
     thr = float(rows[0][3])
     assert [r[2] for r in rows] == label_names(got.astype(np.float32), thr).tolist()
