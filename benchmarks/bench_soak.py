@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from _helpers import RESULTS, record
-
 from bench_footprint import SCORE_CODE, run_python  # the same measured subprocess
 
 pytestmark = [pytest.mark.benchmark(group="soak"), pytest.mark.slow]

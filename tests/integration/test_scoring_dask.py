@@ -243,7 +243,7 @@ def test_dask_scores_and_resumes_a_non_utf8_file_name(cluster, tiny_onnx_model_d
     src.mkdir()
     cells = sorted((image_dir / "cells").glob("*.bmp"))[:4]
     raw_names = [b"a.bmp", b"b_\xff.bmp", b"c_\xe9.bmp", b"d.bmp"]
-    for cell, raw in zip(cells, raw_names):
+    for cell, raw in zip(cells, raw_names, strict=True):
         with open(os.path.join(os.fsencode(src), raw), "wb") as f:
             f.write(cell.read_bytes())
     local = tmp_path / "local.csv"

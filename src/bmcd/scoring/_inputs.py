@@ -27,8 +27,8 @@ def path_key(path: str) -> str:
 
 def _manifest_error(csv_path: str, line: int, exc: Exception) -> DatasetError:
     if isinstance(exc, UnicodeDecodeError):
-        why = (f"it is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} near line {line}); "
-               f"save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)")
+        why = (f"it is not UTF-8 text (found byte 0x{exc.object[exc.start]:02x}); save it "
+               f"as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)")
     else:
         why = f"line {line} is not valid CSV ({exc}); fix or remove that line"
     return DatasetError(f"Cannot read the CSV manifest '{csv_path}': {why}.")
@@ -42,7 +42,7 @@ def _manifest_rows(csv_path: str) -> Iterator[list[str]]:
             try:
                 yield from reader
             except (UnicodeDecodeError, csv.Error) as exc:
-                raise _manifest_error(csv_path, reader.line_num + 1, exc) from None
+                raise _manifest_error(csv_path, max(1, reader.line_num), exc) from None
     except OSError as exc:
         raise DatasetError(
             f"Cannot read the CSV manifest '{csv_path}' ({exc.strerror or exc}). Check it "
