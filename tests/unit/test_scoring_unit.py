@@ -21,9 +21,9 @@ from bmcd.scoring import (
     read_scored_paths,
     score,
 )
+from bmcd.scoring._output import prepare_output as _prepare_output
 from bmcd.scoring._pipeline import Pipeline as _Pipeline
 from bmcd.scoring._sink import CsvSink as _CsvSink
-from bmcd.scoring._output import prepare_output as _prepare_output
 
 HEADER = ",".join(OUTPUT_COLUMNS) + "\n"
 
