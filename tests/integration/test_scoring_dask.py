@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -211,3 +212,49 @@ def test_cli_dask_engine_with_its_own_local_cluster(
     assert sum(bool(r["error"]) for r in rows) == 3
     p = np.array([float(r["p_all"]) for r in rows if r["p_all"]])
     assert ((p >= 0) & (p <= 1)).all()
+
+
+@pytest.mark.parametrize("address", ["notaurl", "http://localhost:8786", "tcp://no-such-host.invalid:8786"])
+def test_an_unusable_scheduler_address_is_one_line_at_once(tiny_onnx_model_dir, image_dir, tmp_path,
+                                                           address):
+    """No "Exception ignored in Client.__del__" traceback and no 10 s hang (issue 12)."""
+    out = tmp_path / "o.csv"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bmcd.cli", "score", str(tiny_onnx_model_dir), str(image_dir),
+         "--out", str(out), "--scheduler", address, "--no-progress"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2] / "src"), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert time.monotonic() - t0 < 8
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "not a usable Dask scheduler address" in lines[0], proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a file system taking any bytes")
+def test_dask_scores_and_resumes_a_non_utf8_file_name(cluster, tiny_onnx_model_dir, image_dir,
+                                                      tmp_path):
+    _, client = cluster
+    wait_for_workers(client)
+    src = tmp_path / "in"
+    src.mkdir()
+    cells = sorted((image_dir / "cells").glob("*.bmp"))[:4]
+    raw_names = [b"a.bmp", b"b_\xff.bmp", b"c_\xe9.bmp", b"d.bmp"]
+    for cell, raw in zip(cells, raw_names, strict=True):
+        with open(os.path.join(os.fsencode(src), raw), "wb") as f:
+            f.write(cell.read_bytes())
+    local = tmp_path / "local.csv"
+    score(tiny_onnx_model_dir, src, local, progress=False)
+    out = tmp_path / "dask.csv"
+    s = score(tiny_onnx_model_dir, src, out, engine="dask", scheduler=client.scheduler.address,
+              partition_size=2, progress=False)
+    assert (s.n_scored, s.n_errors) == (4, 0)
+    data = out.read_bytes()
+    assert data == local.read_bytes() and b"b_\xff.bmp," in data
+    out.write_bytes(data[: data.index(b"c_\xe9")] + b'"c_')  # killed mid-row
+    s = score(tiny_onnx_model_dir, src, out, engine="dask", resume=True,
+              scheduler=client.scheduler.address, partition_size=2, progress=False)
+    assert (s.n_skipped, s.n_scored) == (2, 2) and out.read_bytes() == data

@@ -361,3 +361,27 @@ def test_bench_command_rejects_bad_arguments(capsys):
     assert main(["bench", "--batch-size", "0"]) == 1
     with pytest.raises(SystemExit):
         main(["bench", "--arch", "vgg16"])
+
+
+def test_check_score_output_checks_labels_and_thresholds(tiny_onnx_model_dir, tmp_path):
+    """A CSV with one inverted label or one wrong threshold is caught (issue 12)."""
+    from _tiny_models import tiny_model_expected, write_cell_images
+    from bmcd.bench import check_score_output
+    from bmcd.errors import BenchError
+    from bmcd.scoring import score
+
+    files = write_cell_images(tmp_path / "cells", 8, size=64, seed=3)
+    out = tmp_path / "s.csv"
+    score(tiny_onnx_model_dir, files, out, progress=False)
+    assert check_score_output(out, tiny_onnx_model_dir, files, predictor=tiny_model_expected) < 1e-5
+    lines = out.read_text().splitlines(keepends=True)
+    flipped = lines[3].replace(",hem,", ",ALL,").replace(",all,", ",hem,").replace(",ALL,", ",all,")
+    assert flipped != lines[3]
+    bad = tmp_path / "bad_label.csv"
+    bad.write_text("".join(lines[:3] + [flipped] + lines[4:]))
+    with pytest.raises(BenchError, match="wrong labels"):
+        check_score_output(bad, tiny_onnx_model_dir, files, predictor=tiny_model_expected)
+    bad = tmp_path / "bad_threshold.csv"
+    bad.write_text("".join(lines[:3] + [lines[3].replace(",0.5,", ",0.6,")] + lines[4:]))
+    with pytest.raises(BenchError, match="thresholds"):
+        check_score_output(bad, tiny_onnx_model_dir, files, predictor=tiny_model_expected)

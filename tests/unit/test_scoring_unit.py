@@ -21,9 +21,9 @@ from bmcd.scoring import (
     read_scored_paths,
     score,
 )
+from bmcd.scoring._output import prepare_output as _prepare_output
 from bmcd.scoring._pipeline import Pipeline as _Pipeline
 from bmcd.scoring._sink import CsvSink as _CsvSink
-from bmcd.scoring._sink import prepare_output as _prepare_output
 
 HEADER = ",".join(OUTPUT_COLUMNS) + "\n"
 
@@ -95,13 +95,16 @@ def test_sink_rows_and_float32_round_trip(tmp_path):
     sink = _CsvSink(out, 0.5, write_header=True)
     assert not out.exists()  # opened lazily
     p = float(np.float32(0.123456789))
-    sink.write_rows([("a.bmp", p, None), ("b.bmp", 0.5, None), ("c,d.bmp", None, "bad\nfile")])
+    sink.write_rows([("a.bmp", p, None, False), ("b.bmp", 0.5, None, True),
+                     ("c,d.bmp", None, "bad\nfile", False)])
     sink.close()
     lines = out.read_text().splitlines()
     assert lines[0] == ",".join(OUTPUT_COLUMNS)
     assert np.float32(lines[1].split(",")[1]) == np.float32(p)  # exact float32 round trip
-    assert lines[2] == "b.bmp,0.5,all,0.5,"  # ties go to "all", as in metrics.apply_threshold
-    assert lines[3] == '"c,d.bmp",,,0.5,bad file'  # quoted path, one-line error
+    assert lines[1].endswith(",hem,0.5,,")
+    # ties go to "all", as in metrics.apply_threshold; no cell found -> the warning column
+    assert lines[2] == "b.bmp,0.5,all,0.5,,no_cell"
+    assert lines[3] == '"c,d.bmp",,,0.5,bad file,'  # quoted path, one-line error
     assert (sink.n_scored, sink.n_errors) == (2, 1)
 
 
@@ -127,8 +130,9 @@ def test_prepare_output_refuses_to_overwrite(tmp_path):
         _prepare_output(tmp_path, resume=True)
     foreign = tmp_path / "other.csv"
     foreign.write_text("a,b\n1,2\n")
-    with pytest.raises(DatasetError, match="not a bmcd scoring CSV"):
+    with pytest.raises(OutputExistsError, match="not a bmcd scores CSV"):
         _prepare_output(foreign, resume=True)
+    assert foreign.read_text() == "a,b\n1,2\n"
 
 
 # -- the streaming pipeline --------------------------------------------------------------

@@ -19,6 +19,7 @@ from .._version import __version__
 from ..artifact import KERAS_FILE, ONNX_FILE, ONNX_INT8_FILE, read_model_meta
 from ..data import iter_image_files
 from ..errors import BenchError
+from ..labels import label_names
 from ..preprocessing import PreprocessConfig, preprocess_batch
 from ..runtimes.onnx import OnnxRuntimeBackend
 from ..scoring import score
@@ -135,9 +136,11 @@ def check_score_output(
     ``p_all`` of ``check`` rows spread over the file must equal ``predictor`` (default: a
     fresh ONNX Runtime session of ``precision``) on
     :func:`~bmcd.preprocessing.preprocess_batch` of the same files, within
-    ``SCORE_PARITY_TOLERANCE``. Raises :class:`BenchError` otherwise.
+    ``SCORE_PARITY_TOLERANCE``. Every row's ``threshold`` must be the model's, and its
+    ``label`` the one :func:`bmcd.labels.label_names` gives for its ``p_all``. Raises
+    :class:`BenchError` otherwise.
     """
-    with open(out_csv, newline="", encoding="utf-8") as f:
+    with open(out_csv, newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = list(csv.DictReader(f))
     expected_paths = [os.path.abspath(p) for p in files]
     got_paths = [os.path.abspath(r["path"]) for r in rows]
@@ -149,11 +152,28 @@ def check_score_output(
         )
     if not rows:
         return 0.0
+    meta = read_model_meta(model_dir)
+    thresholds = {r["threshold"] for r in rows}
+    if len(thresholds) != 1 or float(thresholds.pop()) != float(meta.threshold):
+        raise BenchError(
+            f"{label} wrote thresholds {sorted({r['threshold'] for r in rows})[:3]}; expected "
+            f"the model's {meta.threshold} in every row."
+        )
+    p_all = np.array([float(r["p_all"]) for r in rows], dtype=np.float32)
+    want = label_names(p_all, meta.threshold)
+    wrong = [i for i, r in enumerate(rows) if r["label"] != want[i]]
+    if wrong:
+        i = wrong[0]
+        raise BenchError(
+            f"{label} wrote {len(wrong)} wrong labels; e.g. row {i + 1}: p_all "
+            f"{rows[i]['p_all']} with threshold {meta.threshold} is {want[i]!r}, the CSV says "
+            f"{rows[i]['label']!r}."
+        )
     idx = np.unique(np.linspace(0, len(rows) - 1, num=min(check, len(rows))).astype(int))
     sample = [rows[i] for i in idx]
     if predictor is None:
         predictor = OnnxRuntimeBackend.load(model_dir, precision=precision).predict_batch
-    config = read_model_meta(model_dir).preprocess
+    config = meta.preprocess
     expected = predictor(preprocess_batch([r["path"] for r in sample], config))
     got = np.array([float(r["p_all"]) for r in sample])
     return check_parity(

@@ -30,9 +30,11 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="score many images with an exported ONNX model, streaming rows to a CSV",
         description=(
             "Score image files with an exported ONNX model. Writes one CSV row per input "
-            "(path,p_all,label,threshold,error), flushed chunk by chunk; unreadable files get "
-            "an error row and the run goes on. Exit status: 0 all scored, 3 some rows carry "
-            "errors, 1 fatal error."
+            "(path,p_all,label,threshold,error,warning), flushed chunk by chunk; unreadable "
+            "files get an error row and the run goes on; warning is no_cell when no cell was "
+            "found in the image. The model is recorded in FILE.json and FILE.lock is held "
+            "while the run writes. Exit status: 0 all scored, 3 some rows carry errors, "
+            "1 fatal error (including: no inputs, output not writable)."
         ),
     )
     p.add_argument("model", metavar="MODEL", help="model directory or bare .onnx file")
@@ -43,7 +45,10 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="folders (recursive), image files, quoted glob patterns, CSV manifests "
         "(column path/file/filename/new_names)",
     )
-    p.add_argument("--out", "-o", required=True, metavar="FILE", help="output CSV file")
+    p.add_argument(
+        "--out", "-o", required=True, metavar="FILE",
+        help="output CSV file, or - for standard output (the summary then goes to stderr)",
+    )
     p.add_argument("--int8", action="store_true", help="run model.int8.onnx")
     p.add_argument(
         "--batch-size", type=_positive_int_arg, default=64, metavar="N",
@@ -56,10 +61,14 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--threads", type=_positive_int_arg, default=None, metavar="N",
-        help="ONNX Runtime intra-op threads per session (default: local: CPU count - 1; "
-        "dask: cores / Dask threads per host)",
+        help="ONNX Runtime intra-op threads per session (default: local: CPU count, "
+        "without spinning; dask: cores / Dask threads per host)",
     )
-    p.add_argument("--resume", action="store_true", help="skip files already in --out")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="skip files already in --out (refused if FILE is not a bmcd scores CSV or was "
+        "written by another model)",
+    )
     p.add_argument(
         "--engine", choices=["local", "dask"], default=None,
         help="local (default) or dask (needs bmcd[scale]; implied by --scheduler)",
@@ -96,7 +105,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         intra_op_threads=args.threads,
         progress=not args.no_progress,
     )
-    print(summary)
+    print(summary, file=sys.stderr if args.out == "-" else sys.stdout)
     if summary.exit_status:
         n = summary.n_errors + summary.n_previous_errors
         print(

@@ -7,12 +7,16 @@ the next chunks runs in a thread pool while ONNX Runtime infers the current one.
 
 Every input gets exactly one row in the output CSV::
 
-    path,p_all,label,threshold,error
+    path,p_all,label,threshold,error,warning
 
 A file that cannot be read gets a row with an empty ``p_all`` and ``label`` and the reason
-in ``error``; the run goes on. Rows are appended, flushed and fsynced chunk by chunk, so a
-killed run keeps what it scored, and ``resume=True`` carries on from there: after a kill
-and a resume the file is the same as after one uninterrupted run.
+in ``error``; the run goes on. ``warning`` is ``no_cell`` when preprocessing found no cell
+(an all-black or tiny image): the label is then not to be trusted. Rows are appended,
+flushed and fsynced chunk by chunk, so a killed run keeps what it scored, and
+``resume=True`` carries on from there: after a kill and a resume the file is the same as
+after one uninterrupted run. The model that wrote the rows is recorded next to them in
+``<out>.json``, a run holds ``<out>.lock`` while it writes, and resuming with another
+model, or while another run writes the same file, is refused (docs/scaling.rst).
 
 Two engines run the same pipeline:
 
@@ -25,13 +29,15 @@ Two engines run the same pipeline:
 
 The package is split by concern (docs/architecture.rst): ``_inputs`` lists the inputs,
 ``_sink`` writes the CSV and reads it back on resume, ``_pipeline`` is the preprocessing
-and inference pipeline both engines run, and ``local`` and ``dask`` are the engines. The
+and inference pipeline both engines run, and ``local`` and ``dask`` are the engines; ``_output`` guards the output (lock,
+model record, header check, torn records) before anything is written. The
 engines share those three modules and never import each other; this module validates the
 arguments, resolves the model and dispatches to an engine.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -43,12 +49,21 @@ import numpy as np
 
 from .._deps import optional_import
 from ..artifact import ModelMeta
-from ..errors import ConfigError, ConfigTypeError, OutputExistsError
-from ..preprocessing import PreprocessConfig
+from ..errors import ConfigError, ConfigTypeError, DatasetError, OutputExistsError
+from ..preprocessing import IMAGE_EXTENSIONS, PreprocessConfig
 from ..runtimes.onnx import OnnxRuntimeBackend
 from ._inputs import MANIFEST_COLUMNS, iter_inputs, path_key
+from ._output import (
+    STDOUT,
+    OutputLock,
+    ensure_parent,
+    model_identity,
+    prepare_output,
+    read_scored_paths,
+    write_sidecar,
+)
 from ._pipeline import PREFETCH_CHUNKS
-from ._sink import OUTPUT_COLUMNS, CsvSink, prepare_output, read_scored_paths
+from ._sink import LEGACY_COLUMNS, NO_CELL, OUTPUT_COLUMNS, CsvSink
 from .dask import run_dask
 from .local import default_local_threads, run_local
 
@@ -59,6 +74,8 @@ __all__ = [
     "iter_inputs",
     "read_scored_paths",
     "OUTPUT_COLUMNS",
+    "LEGACY_COLUMNS",
+    "NO_CELL",
     "MANIFEST_COLUMNS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_PARTITION_SIZE",
@@ -100,6 +117,8 @@ class ScoreSummary:
         Local engine: the most chunks alive at once (preprocessing or inferring); bounded
         by ``PREFETCH_CHUNKS + 1`` whatever the number of files. Dask engine: the most
         partitions submitted or buffered at once.
+    n_no_cell : int
+        Rows of this run scored with the ``no_cell`` warning (no foreground found).
 
     Examples
     --------
@@ -120,6 +139,7 @@ class ScoreSummary:
     n_previous_errors: int = 0
     peak_chunks_in_flight: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    n_no_cell: int = 0
 
     @property
     def exit_status(self) -> int:
@@ -129,8 +149,9 @@ class ScoreSummary:
     def __str__(self) -> str:
         prev = f" ({self.n_previous_errors} earlier)" if self.n_previous_errors else ""
         skipped = f", {self.n_skipped} already done" if self.n_skipped else ""
+        no_cell = f", {self.n_no_cell} without a cell (warning {NO_CELL})" if self.n_no_cell else ""
         return (
-            f"scored {self.n_scored}, errors {self.n_errors}{prev}{skipped} in "
+            f"scored {self.n_scored}, errors {self.n_errors}{prev}{skipped}{no_cell} in "
             f"{self.seconds:.1f} s ({self.images_per_second:.1f} images/s, engine "
             f"{self.engine}) -> {self.out}"
         )
@@ -205,7 +226,9 @@ def score(
         Folders (recursive), glob patterns, image files and CSV manifests, mixed; see
         :func:`iter_inputs`. Listed once, lazily; duplicates are scored once.
     out : path
-        The output CSV (``path,p_all,label,threshold,error``), one row per input.
+        The output CSV (``path,p_all,label,threshold,error,warning``), one row per input,
+        or ``"-"`` for standard output (no resume). The model is recorded in
+        ``<out>.json`` and ``<out>.lock`` is locked while the run writes.
     batch_size : int
         Files per chunk: the unit of preprocessing, inference and flushing to disk.
     workers : int, optional
@@ -214,8 +237,12 @@ def score(
         without ``scheduler``: worker processes of the local cluster (default: the CPU
         count). Ignored when connecting to a scheduler.
     resume : bool
-        Skip the files already in ``out`` (after removing a line torn by a killed run) and
-        append the rest. Without it an existing ``out`` raises :class:`OutputExistsError`.
+        Skip the files already in ``out`` (after removing a record torn by a killed run)
+        and append the rest. Without it an existing ``out`` raises
+        :class:`OutputExistsError`, and so does resuming a file that is not a bmcd scores
+        CSV (nothing is written to it) or one written by another model (other sha256,
+        precision, threshold or preprocessing in ``<out>.json``). Older five-column
+        files are resumed with five columns.
     precision : {"fp32", "int8"}
         Which exported file of a model directory to run.
     engine : {"local", "dask"}
@@ -227,8 +254,8 @@ def score(
         Dask engine: files per task.
     intra_op_threads : int, optional
         ONNX Runtime threads per session. Local default: :func:`default_local_threads`
-        (the CPU count minus one, so inference and preprocessing overlap without fighting
-        for cores). Dask default: the host's CPU count divided by the Dask threads on that
+        (the CPU count; the session does not spin, so waiting inference threads leave
+        the cores to preprocessing). Dask default: the host's CPU count divided by the Dask threads on that
         host, so workers x threads <= cores. Ignored when ``model`` is already loaded.
     progress : bool
         Show a tqdm progress bar (images/s; partitions for Dask) when stderr is a terminal.
@@ -253,9 +280,14 @@ def score(
     ModelFormatError
         The model is missing or not a bmcd ONNX model.
     DatasetError
-        An input does not exist, or (Dask) a worker cannot read the model or the images.
+        An input does not exist, the inputs name no image file, a manifest is unreadable,
+        or (Dask) a worker cannot read the model or the images.
     OutputExistsError
-        ``out`` exists and ``resume`` is False.
+        ``out`` exists and ``resume`` is False; it is not a bmcd scores CSV; it was
+        written by another model; or another run is writing it.
+    OutputWriteError
+        ``out`` or its folder cannot be written (checked before scoring), or a write
+        failed mid-run (the rows written before are kept).
     SchedulerUnavailableError
         (Dask) the scheduler did not answer within ``connect_timeout`` seconds.
     MissingDependencyError
@@ -286,46 +318,87 @@ def score(
         # fail on a missing extra before touching the model or the output
         optional_import("distributed", purpose="engine='dask'")
 
+    to_stdout = os.fspath(out) == STDOUT
+    if to_stdout and resume:
+        raise ConfigError(
+            "resume needs an output file: --out - writes to standard output, which cannot be "
+            "resumed. Give --out FILE."
+        )
     paths = iter_inputs(inputs)  # checks that every input exists, lists nothing yet
+    first = next(paths, None)
+    if first is None:
+        raise DatasetError(
+            f"The inputs name no image file (folders are searched for "
+            f"{', '.join(IMAGE_EXTENSIONS)}; manifests need at least one path): "
+            f"{_shown(inputs)}. Nothing was scored."
+        )
+    paths = itertools.chain([first], paths)
     if engine == "local":
         threads = intra_op_threads or default_local_threads()
     else:  # the driver only reads the model's config; workers size their own sessions
         threads = 1
     backend = _resolve_backend(model, precision, threads)
-    output = prepare_output(out, resume)
-    done = output.done
-
-    n_total = 0
-    n_skipped = 0
-
-    def todo() -> Iterator[str]:
-        nonlocal n_total, n_skipped
-        for p in paths:
-            n_total += 1
-            if done and path_key(p) in done:
-                n_skipped += 1
-                continue
-            yield p
-
     config, threshold = _model_config(backend)
-    sink = CsvSink(output.path, threshold, write_header=output.write_header)
-    t0 = time.perf_counter()
+
+    lock = None
+    if to_stdout:
+        output = None
+        sink = CsvSink(None, threshold, write_header=True)
+    else:
+        out_path = Path(out)
+        if out_path.is_dir():
+            prepare_output(out_path, resume)  # the directory error
+        ensure_parent(out_path)
+        lock = OutputLock(out_path)  # also proves the folder writable, before scoring
     try:
-        if engine == "local":
-            peak, extra = run_local(
-                backend, config, todo(), sink,
-                batch_size=batch_size, workers=workers, progress=progress,
+        if not to_stdout:
+            identity = model_identity(
+                backend.model_path, backend.meta, backend.precision, threshold,
+                config.to_dict(),
             )
-        else:
-            peak, extra = run_dask(
-                backend, todo(), sink,
-                batch_size=batch_size, partition_size=partition_size, workers=workers,
-                scheduler=scheduler, intra_op_threads=intra_op_threads, progress=progress,
-                connect_timeout=connect_timeout, retries=retries,
+            output = prepare_output(out_path, resume, identity)
+            columns = output.columns
+            record = None
+            if output.recorded is None:
+                def record() -> None:
+                    write_sidecar(out_path, identity, columns)
+            sink = CsvSink(
+                out_path, threshold, write_header=output.write_header, columns=columns,
+                before_open=record,
             )
-        sink.finish()
+        done = output.done if output else set()
+        n_total = 0
+        n_skipped = 0
+
+        def todo() -> Iterator[str]:
+            nonlocal n_total, n_skipped
+            for p in paths:
+                n_total += 1
+                if done and path_key(p) in done:
+                    n_skipped += 1
+                    continue
+                yield p
+
+        t0 = time.perf_counter()
+        try:
+            if engine == "local":
+                peak, extra = run_local(
+                    backend, config, todo(), sink,
+                    batch_size=batch_size, workers=workers, progress=progress,
+                )
+            else:
+                peak, extra = run_dask(
+                    backend, todo(), sink,
+                    batch_size=batch_size, partition_size=partition_size, workers=workers,
+                    scheduler=scheduler, intra_op_threads=intra_op_threads,
+                    progress=progress, connect_timeout=connect_timeout, retries=retries,
+                )
+            sink.finish()
+        finally:
+            sink.close()
     finally:
-        sink.close()
+        if lock is not None:
+            lock.release()
     seconds = time.perf_counter() - t0
     done_now = sink.n_scored + sink.n_errors
     return ScoreSummary(
@@ -335,9 +408,16 @@ def score(
         n_skipped=n_skipped,
         seconds=seconds,
         images_per_second=done_now / seconds if seconds > 0 else 0.0,
-        out=output.path,
+        out=output.path if output else Path(STDOUT),
         engine=engine,
-        n_previous_errors=output.n_previous_errors,
+        n_previous_errors=output.n_previous_errors if output else 0,
         peak_chunks_in_flight=peak,
         extra=extra,
+        n_no_cell=sink.n_no_cell,
     )
+
+
+def _shown(inputs: Any) -> str:
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    text = ", ".join(repr(os.fspath(i)) for i in items[:3])
+    return text + (f" and {len(items) - 3} more" if len(items) > 3 else "")

@@ -25,30 +25,76 @@ def path_key(path: str) -> str:
     return os.path.normcase(os.path.abspath(path))
 
 
+def _manifest_error(csv_path: str, line: int, exc: Exception) -> DatasetError:
+    if isinstance(exc, UnicodeDecodeError):
+        why = (f"it is not UTF-8 text (found byte 0x{exc.object[exc.start]:02x}); save it "
+               f"as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)")
+    else:
+        why = f"line {line} is not valid CSV ({exc}); fix or remove that line"
+    return DatasetError(f"Cannot read the CSV manifest '{csv_path}': {why}.")
+
+
+def _manifest_rows(csv_path: str) -> Iterator[list[str]]:
+    """The rows of a manifest; unreadable text or CSV becomes one DatasetError."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            try:
+                yield from reader
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise _manifest_error(csv_path, max(1, reader.line_num), exc) from None
+    except OSError as exc:
+        raise DatasetError(
+            f"Cannot read the CSV manifest '{csv_path}' ({exc.strerror or exc}). Check it "
+            f"exists and is readable."
+        ) from None
+
+
+def _manifest_path(value: str, base: str) -> str:
+    """A manifest cell as a path: taken exactly as written, relative to the manifest's folder.
+
+    Only when the cell names no file but the cell without its surrounding whitespace does
+    (padding added by a spreadsheet) is the stripped name used (docs/scaling.rst).
+    """
+    full = value if os.path.isabs(value) else os.path.join(base, value)
+    stripped = value.strip()
+    if stripped != value and not os.path.lexists(full):
+        alt = stripped if os.path.isabs(stripped) else os.path.join(base, stripped)
+        if os.path.lexists(alt):
+            return alt
+    return full
+
+
 def _read_manifest(csv_path: str) -> Iterator[str]:
     """Paths listed in a CSV manifest, relative ones taken from the CSV's folder."""
     base = os.path.dirname(csv_path)
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            return
-        lowered = [h.strip().lower() for h in header]
-        col = next((lowered.index(c) for c in MANIFEST_COLUMNS if c in lowered), None)
-        if col is None:
-            raise DatasetError(
-                f"CSV manifest '{csv_path}' has no column naming the image files; expected "
-                f"one of {list(MANIFEST_COLUMNS)}, received columns {header}."
-            )
-        for row in reader:
-            if col >= len(row) or not row[col].strip():
-                continue
-            value = row[col].strip()
-            yield value if os.path.isabs(value) else os.path.join(base, value)
+    rows = _manifest_rows(csv_path)
+    header = next(rows, None)
+    if header is None:
+        return
+    lowered = [h.strip().lower() for h in header]
+    col = next((lowered.index(c) for c in MANIFEST_COLUMNS if c in lowered), None)
+    if col is None:
+        raise DatasetError(
+            f"CSV manifest '{csv_path}' has no column naming the image files; expected "
+            f"one of {list(MANIFEST_COLUMNS)}, received columns {header[:10]}."
+        )
+    for row in rows:
+        if col >= len(row) or not row[col].strip():
+            continue
+        yield _manifest_path(row[col], base)
+
+
+def _check_manifest(csv_path: str) -> None:
+    """Read a manifest once up front (no file checks), so its errors come before scoring."""
+    for _ in _read_manifest(csv_path):
+        pass
 
 
 def _check_input(item: str) -> None:
     if os.path.exists(item):
+        if os.path.isfile(item) and item.lower().endswith(".csv"):
+            _check_manifest(item)
         return
     if glob.has_magic(item):
         if next(glob.iglob(item, recursive=True), None) is None:
@@ -86,8 +132,9 @@ def iter_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> Iter
         found recursively by :func:`bmcd.data.iter_image_files`: names sorted, hidden files
         and folders skipped), a glob pattern (``**`` allowed; matches sorted), a file
         (scored whatever its extension), or a CSV manifest (``*.csv``; a column named one
-        of :data:`MANIFEST_COLUMNS`, relative paths taken from the CSV's folder). Items may
-        be mixed.
+        of :data:`MANIFEST_COLUMNS`, UTF-8, relative paths taken from the CSV's folder;
+        a cell is taken exactly as written unless only its whitespace-stripped form names
+        a file). Items may be mixed.
 
     Yields
     ------
@@ -98,7 +145,8 @@ def iter_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> Iter
     ------
     DatasetError
         An item does not exist, a pattern matches nothing, or a manifest has no path
-        column. Items are checked before anything is yielded.
+        column or cannot be read (not UTF-8, invalid CSV, a field over the CSV module's
+        limit). Items, manifests included, are checked before anything is yielded.
 
     Examples
     --------

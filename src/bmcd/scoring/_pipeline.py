@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import ImageReadError
-from ..preprocessing import PreprocessConfig, preprocess
+from ..preprocessing import PreprocessConfig, preprocess_with_info
 
 __all__ = ["Pipeline", "Row", "PREFETCH_CHUNKS", "batched", "progress_bar"]
 
@@ -26,8 +26,9 @@ __all__ = ["Pipeline", "Row", "PREFETCH_CHUNKS", "batched", "progress_bar"]
 #: chunk buffers of ``(batch_size, S, S, 3)`` float32 are alive at any time.
 PREFETCH_CHUNKS = 2
 
-#: One scored row before formatting: ``(path, p_all or None, error or None)``.
-Row = tuple[str, float | None, str | None]
+#: One scored row before formatting: ``(path, p_all or None, error or None, no_cell)``;
+#: ``no_cell`` is True when preprocessing found no foreground (the whole image was used).
+Row = tuple[str, float | None, str | None, bool]
 
 _T = TypeVar("_T")
 
@@ -53,15 +54,17 @@ def progress_bar(progress: bool, unit: str, desc: str) -> Any:
     )
 
 
-def _preprocess_into(buf: np.ndarray, i: int, path: str, config: PreprocessConfig) -> str | None:
-    """Preprocess one file into ``buf[i]``; return None, or the error message."""
+def _preprocess_into(
+    buf: np.ndarray, i: int, path: str, config: PreprocessConfig
+) -> tuple[str | None, bool]:
+    """Preprocess one file into ``buf[i]``; return (None or the error message, no_cell)."""
     try:
-        buf[i] = preprocess(path, config)
-        return None
+        _, info = preprocess_with_info(path, config, out=buf[i])
+        return None, not info.found_cell
     except ImageReadError as exc:
-        return str(exc)
+        return str(exc), False
     except Exception as exc:  # one bad file must never stop a run of millions
-        return f"{exc.__class__.__name__}: {exc} (while preprocessing '{path}')"
+        return f"{exc.__class__.__name__}: {exc} (while preprocessing '{path}')", False
 
 
 class Pipeline:
@@ -140,17 +143,20 @@ class Pipeline:
                     break
             while pending:
                 batch, buf, futs = pending.popleft()
-                errors = [f.result() for f in futs]
+                results = [f.result() for f in futs]
                 # start preprocessing the next chunk before this one is inferred
                 submit()
                 self.peak_in_flight = max(self.peak_in_flight, len(pending) + 1)
-                yield self._infer(batch, buf, errors)
+                yield self._infer(batch, buf, results)
                 self._free.append(buf)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _infer(self, batch: list[str], buf: np.ndarray, errors: list[str | None]) -> list[Row]:
+    def _infer(
+        self, batch: list[str], buf: np.ndarray, results: list[tuple[str | None, bool]]
+    ) -> list[Row]:
         n = len(batch)
+        errors = [e for e, _ in results]
         ok = [i for i, e in enumerate(errors) if e is None]
         p = np.empty(n, dtype=np.float32)
         if len(ok) == n:
@@ -158,6 +164,6 @@ class Pipeline:
         elif ok:
             p[ok] = self.predict(buf[ok])
         return [
-            (path, float(p[i]), None) if err is None else (path, None, err)
-            for i, (path, err) in enumerate(zip(batch, errors, strict=True))
+            (path, float(p[i]), None, no_cell) if err is None else (path, None, err, False)
+            for i, (path, (err, no_cell)) in enumerate(zip(batch, results, strict=True))
         ]

@@ -78,16 +78,16 @@ def worker_backend(spec: dict[str, Any]) -> OnnxRuntimeBackend:
 
 def score_partition(
     spec: dict[str, Any], paths: list[str], batch_size: int
-) -> list[tuple[float | None, str | None]]:
-    """Score one partition on a worker: ``(p_all, None)`` or ``(None, error)`` per path."""
+) -> list[tuple[float | None, str | None, bool]]:
+    """Score one partition on a worker: ``(p_all, None, no_cell)`` or ``(None, error, False)``."""
     backend = worker_backend(spec)
     config = ModelMeta.from_dict(backend.meta).preprocess
     # one preprocessing thread: it overlaps this task thread's inference, and the
     # cluster's parallelism comes from its workers
     pipe = Pipeline(backend.predict_batch, config, batch_size=batch_size, workers=1)
-    out: list[tuple[float | None, str | None]] = []
+    out: list[tuple[float | None, str | None, bool]] = []
     for rows in pipe.run(paths):
-        out.extend((p, err) for _, p, err in rows)
+        out.extend((p, err, no_cell) for _, p, err, no_cell in rows)
     return out
 
 
@@ -113,16 +113,42 @@ def probe_worker(paths: list[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
-def _rows(paths: list[str], results: list[tuple[float | None, str | None]]) -> list[Row]:
+def _rows(paths: list[str], results: list[tuple]) -> list[Row]:
     """Rows for the sink; error messages name the path as given, like the local engine."""
     rows = []
-    for path, (p, err) in zip(paths, results, strict=True):
+    for path, (p, err, *rest) in zip(paths, results, strict=True):
         if err is not None:
             full = os.path.abspath(path)
             if full != path:
                 err = err.replace(full, path)
-        rows.append((path, p, err))
+        rows.append((path, p, err, bool(rest and rest[0])))
     return rows
+
+
+def _check_address(address: str) -> str:
+    """Refuse an address Dask cannot parse, before a Client is made of it.
+
+    A ``distributed.Client`` built on such an address fails, and its finaliser then waits
+    10 s and prints a traceback ("Exception ignored in Client.__del__"); checking first
+    gives one clear line at once.
+    """
+    from distributed.comm import registry
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        registry.get_backend(scheme)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            host, _ = parse_host_port(location)
+            socket.getaddrinfo(host, None)
+    except (ValueError, OSError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SchedulerUnavailableError(
+            f"'{address}' is not a usable Dask scheduler address ({why}). Give "
+            f"tcp://HOST:PORT as printed by `dask scheduler` (default port 8786), or leave "
+            f"out --scheduler to start a local cluster."
+        ) from None
+    return address
 
 
 def _connect(distributed, scheduler: Any, workers: int | None, connect_timeout: float):
@@ -146,7 +172,7 @@ def _connect(distributed, scheduler: Any, workers: int | None, connect_timeout: 
             cluster.close()
             raise
         return client, cluster, True
-    address = str(scheduler)
+    address = _check_address(str(scheduler))
     try:
         client = distributed.Client(address, timeout=connect_timeout, set_as_default=False)
     except Exception as exc:  # OSError / TimeoutError / CommClosedError ...
