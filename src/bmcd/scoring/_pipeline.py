@@ -27,7 +27,7 @@ __all__ = ["Pipeline", "Row", "PREFETCH_CHUNKS", "batched", "progress_bar"]
 PREFETCH_CHUNKS = 2
 
 #: One scored row before formatting: ``(path, p_all or None, error or None, no_cell)``;
-#: ``no_cell`` is True when preprocessing found no foreground (the whole image was used).
+#: ``no_cell`` is :attr:`bmcd.preprocessing.PreprocessInfo.no_cell` (no foreground, or one too small for a cell).
 Row = tuple[str, float | None, str | None, bool]
 
 _T = TypeVar("_T")
@@ -60,7 +60,7 @@ def _preprocess_into(
     """Preprocess one file into ``buf[i]``; return (None or the error message, no_cell)."""
     try:
         _, info = preprocess_with_info(path, config, out=buf[i])
-        return None, not info.found_cell
+        return None, info.no_cell
     except ImageReadError as exc:
         return str(exc), False
     except Exception as exc:  # one bad file must never stop a run of millions
