@@ -442,6 +442,50 @@ class Classifier:
         p = self._p_all(X, batch_size=batch_size)
         return label_names(p, self.threshold_)
 
+    def explain(self, X: Any, overlay: bool = False, batch_size: int = 32) -> Any:
+        """Class activation maps: where in each cell the evidence for p(all) lies.
+
+        The map is exact for bmcd's head (global average pooling, one sigmoid unit): cell
+        ``(i, j)`` of the last feature map contributes ``w . f_ij + b`` to the logit, and
+        the map's mean is the logit of p(all). Positive cells push towards "all", negative
+        ones towards "hem". Works with the Keras backend and with ONNX files exported with
+        the ``cam`` output (no TensorFlow). See docs/explain.rst.
+
+        Parameters
+        ----------
+        X : like :meth:`predict_proba`
+        overlay : bool
+            Also return the maps upsampled onto the preprocessed cells as JET colour
+            overlays, showing the evidence for each cell's predicted label.
+        batch_size : int
+            Preprocessing chunk hint.
+
+        Returns
+        -------
+        ndarray (n, h, w) float32
+            With ``overlay=False``.
+        tuple (maps, overlays)
+            With ``overlay=True``; overlays is (n, S, S, 3) uint8 RGB
+            (:func:`bmcd.explain.to_png` makes PNG bytes of one).
+
+        Raises
+        ------
+        CamUnavailableError
+            The backend or the ONNX file has no map (the message says how to re-export).
+        """
+        from .explain import explain_preprocessed
+
+        self._check_fitted("explain")
+        items, _ = _resolve_inputs(X)
+        config, maps, overs = self._config(), [], []
+        for start in range(0, len(items), max(int(batch_size), _PREDICT_CHUNK)):
+            x = preprocess_batch(items[start : start + max(int(batch_size), _PREDICT_CHUNK)], config)
+            _, cam, over = explain_preprocessed(self.backend_, x, self.threshold_, overlay)
+            maps.append(cam)
+            overs.append(over)
+        cams = np.concatenate(maps)
+        return (cams, np.concatenate(overs)) if overlay else cams
+
     # ---------------------------------------------------------------- evaluation
     def evaluate(
         self,
