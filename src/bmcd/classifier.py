@@ -517,12 +517,19 @@ class Classifier:
         p = self._p_all(ds, batch_size=batch_size)
         info = _describe_dataset(ds)
         info.update(dataset_info or {})
-        return EvaluationReport.from_predictions(
+        report = EvaluationReport.from_predictions(
             ds.labels, p, threshold=self.threshold_, subjects=[
                 s if s is not None else "?" for s in ds.subjects
             ], paths=ds.absolute_paths(), history=self.history_,
             model_info=self._model_info(), dataset_info=info,
         )
+        from .explain import build_gallery  # overlays for report.html (docs/explain.rst)
+
+        report.gallery = build_gallery(
+            self.backend_, report.paths or [], report.y_true, p, self.threshold_,
+            self._config(), subjects=report.subjects,
+        )
+        return report
 
     def _model_info(self) -> dict[str, Any]:
         mm = ModelMeta.from_dict(self.meta_)

@@ -34,6 +34,7 @@ __all__ = [
     "png_base64",
     "mass_inside",
     "explain_preprocessed",
+    "build_gallery",
 ]
 
 #: Weight of the colour map in an overlay (the cell keeps 1 - alpha).
@@ -166,3 +167,61 @@ def explain_preprocessed(
         np.zeros((0, *np.asarray(x).shape[1:3], 3), np.uint8)
     )
     return p, cam, over
+
+
+def build_gallery(
+    backend,
+    paths: list[str],
+    y_true: np.ndarray,
+    p_all: np.ndarray,
+    threshold: float,
+    config,
+    *,
+    subjects: list[str] | None = None,
+    n_errors: int = 8,
+    n_correct: int = 4,
+    seed: int = 0,
+) -> list[dict]:
+    """Cells for the report's gallery: the most confident errors, and a seeded sample of
+    correct cells per class, each with p(all) and its overlay as PNG bytes.
+
+    Returns ``[]`` when the backend gives no maps (``CamUnavailableError``) or without
+    paths. Each entry: ``kind`` ("error" / "correct"), ``path``, ``subject``, ``true``,
+    ``predicted``, ``p_all``, ``png`` (bytes).
+    """
+    from .artifact import CLASSES
+    from .errors import CamUnavailableError
+    from .preprocessing import preprocess_batch
+
+    if not paths or len(paths) != len(p_all):
+        return []
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(p_all, dtype=np.float64)
+    pred = (p >= float(threshold)).astype(np.int64)
+    wrong = np.flatnonzero(pred != y)
+    picks = [("error", int(i)) for i in wrong[np.argsort(-np.abs(p[wrong] - threshold),
+                                                         kind="mergesort")][:n_errors]]
+    rng = np.random.default_rng(seed)
+    for c in (0, 1):
+        right = np.flatnonzero((pred == y) & (y == c))
+        chosen = rng.choice(right, size=min(n_correct, len(right)), replace=False) if len(right) else []
+        picks += [("correct", int(i)) for i in sorted(chosen)]
+    if not picks:
+        return []
+    x = preprocess_batch([paths[i] for _, i in picks], config)
+    try:
+        p_x, _, overs = explain_preprocessed(backend, x, threshold, True)
+    except CamUnavailableError:
+        return []
+    return [
+        {
+            "kind": kind,
+            "path": str(paths[i]),
+            "subject": subjects[i] if subjects else "",
+            "true": CLASSES[y[i]],
+            "predicted": CLASSES[pred[i]],
+            "p_all": float(p_x[k]),
+            "png": to_png(overs[k]),
+        }
+        for k, (kind, i) in enumerate(picks)
+    ]
