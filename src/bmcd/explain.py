@@ -33,6 +33,7 @@ __all__ = [
     "to_png",
     "png_base64",
     "mass_inside",
+    "cell_mask",
     "explain_preprocessed",
     "build_gallery",
 ]
@@ -131,6 +132,16 @@ def to_png(rgb: np.ndarray) -> bytes:
 def png_base64(rgb: np.ndarray) -> str:
     """:func:`to_png` as ASCII base64 (for JSON and ``data:`` URLs)."""
     return base64.b64encode(to_png(rgb)).decode("ascii")
+
+
+def cell_mask(image: np.ndarray, threshold: int = 10) -> np.ndarray:
+    """The cell's pixels in a preprocessed image: ``gray > threshold``, the foreground rule
+    of :func:`bmcd.preprocessing.find_cell_bbox` (pass the model's
+    ``PreprocessConfig.threshold``); boolean (S, S)."""
+    img = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ConfigError(f"cell_mask expects an RGB image (S, S, 3); received {img.shape}.")
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) > int(threshold)
 
 
 def mass_inside(cam: np.ndarray, mask: np.ndarray, sign: float = 1.0) -> float:
