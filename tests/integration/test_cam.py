@@ -1,0 +1,107 @@
+"""Class activation maps of trained networks: exactness, Keras/ONNX parity, sanity checks.
+
+* ``fitted_mobilenet`` (the session fixture, MobileNetV2 at 64 px on synthetic cells, 2 x 2
+  maps): the map's mean is the logit, ONNX fp32 and int8 reproduce Keras' maps.
+* ``cnmc_model``: MobileNetV2 trained in this module on real C-NMC cells from
+  ``../shared/data/cnmc-dev`` at CNMC_SIZE px (4 x 4 maps), for the sanity checks of
+  docs/explain.rst: (a) model randomisation (Adebayo et al., 2018), (b) mass on the cell,
+  (c) flips.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+pytest.importorskip("onnx")
+scipy_stats = pytest.importorskip("scipy.stats")
+
+from bmcd import Classifier  # noqa: E402
+from bmcd.explain import cell_mask, mass_inside  # noqa: E402
+from bmcd.preprocessing import preprocess_batch  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.train]
+
+#: The C-NMC model of the sanity checks: input side, training cells, epochs, test cells.
+CNMC_SIZE, CNMC_TRAIN, CNMC_EPOCHS, CNMC_TEST = 128, 300, 5, 32
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image Spearman rank correlation of two batches of maps (NaN for flat maps)."""
+    out = []
+    for u, v in zip(a, b):
+        r = scipy_stats.spearmanr(u.ravel(), v.ravel())[0]
+        out.append(r)
+    return np.asarray(out, np.float64)
+
+
+# ----------------------------------------------------------------------- exactness, parity
+
+
+@pytest.fixture(scope="module")
+def exported_cam(fitted_mobilenet, learnable_split, tmp_path_factory):
+    from bmcd.exporters import export_onnx, quantize_int8
+
+    d = tmp_path_factory.mktemp("cam_export") / "model"
+    fitted_mobilenet.save(d)
+    rec = export_onnx(d)
+    rec8 = quantize_int8(d, calibration=learnable_split.train, validation=learnable_split.val)
+    return d, rec, rec8
+
+
+def test_keras_map_mean_is_the_logit_and_flips_with_the_image(fitted_mobilenet, learnable_split):
+    paths = learnable_split.test.absolute_paths()[:24]
+    maps = fitted_mobilenet.explain(paths)
+    assert maps.shape == (24, 2, 2) and maps.dtype == np.float32
+    p = fitted_mobilenet.predict_proba(paths)[:, 1]
+    np.testing.assert_allclose(_sigmoid(maps.mean(axis=(1, 2))), p, atol=1e-5)
+
+
+def test_export_writes_the_cam_output_and_checks_it(exported_cam, fitted_mobilenet,
+                                                   learnable_split):
+    from bmcd.exporters.cam import CAM_FP32_RTOL, CAM_INT8_RTOL
+
+    d, rec, rec8 = exported_cam
+    assert rec["output"] == "p_all, cam" and rec["cam"]["available"]
+    parity = rec["cam"]["parity"]
+    assert parity["passed"] and parity["max_rel_diff"] <= CAM_FP32_RTOL
+    assert parity["shape"] == [2, 2]
+    gate8 = rec8["gate"]["cam"]
+    assert gate8["passed"] and gate8["max_rel_diff"] <= CAM_INT8_RTOL
+    paths = learnable_split.test.absolute_paths()[:32]
+    ref = fitted_mobilenet.explain(paths)
+    scale = float(np.abs(ref).max())
+    fp32 = Classifier.load(d, backend="onnx").explain(paths)
+    int8 = Classifier.load(d, backend="onnx", precision="int8").explain(paths)
+    assert np.abs(fp32 - ref).max() <= CAM_FP32_RTOL * scale
+    assert np.abs(int8 - ref).max() <= 2 * CAM_INT8_RTOL * scale  # against Keras, not fp32
+
+
+def test_the_int8_cam_check_can_fail(exported_cam, learnable_split):
+    from bmcd.errors import ExportValidationError
+    from bmcd.exporters.cam import cam_parity
+
+    d, _, _ = exported_cam
+    x = preprocess_batch(learnable_split.test.absolute_paths()[:8],
+                         Classifier.load(d, backend="onnx")._config())
+    _, ref = Classifier.load(d, backend="onnx").backend_.explain_batch(x)
+    with pytest.raises(ExportValidationError, match="class activation maps"):
+        cam_parity(ref, ref[:, ::-1, :] * 1.5, rtol=0.1, what="int8")
+
+
+def test_a_head_without_an_exact_map_is_refused():
+    from bmcd.errors import CamUnavailableError
+    from bmcd.runtimes.keras import KerasBackend
+    from bmcd.training import build_model
+
+    for kwargs in ({"head_units": (8,)}, {"pooling": "max"}):
+        model = build_model("mobilenet_v2", 32, None, **kwargs)
+        be = KerasBackend(model, {"image_size": 32, "arch": "mobilenet_v2"})
+        with pytest.raises(CamUnavailableError, match="exact only"):
+            be.explain_batch(np.zeros((1, 32, 32, 3), np.float32))
