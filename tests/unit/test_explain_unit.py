@@ -123,6 +123,20 @@ def test_onnx_backend_returns_the_cam_output(cam_model, cells):
     np.testing.assert_allclose(maps2, cam[:3], atol=1e-6)
 
 
+def test_a_flipped_image_gives_the_flipped_map_and_overlay(cam_model, cells):
+    """(c) for a flip-equivariant model (block means): exact, through ONNX and the overlay."""
+    from bmcd.explain import explain_preprocessed
+
+    be = Classifier.load(cam_model, backend="onnx").backend_
+    x = preprocess_batch(cells[:4], PreprocessConfig(image_size=32))
+    _, maps, overs = explain_preprocessed(be, x, 0.5, True)
+    for axis in (1, 2):  # vertical, horizontal
+        _, fm, fo = explain_preprocessed(be, np.flip(x, axis=axis), 0.5, True)
+        np.testing.assert_allclose(fm, np.flip(maps, axis=axis), atol=1e-5)
+        diff = np.abs(fo.astype(int) - np.flip(overs, axis=axis).astype(int))
+        assert diff.max() <= 1  # one gray level of rounding
+
+
 def test_a_model_without_cam_says_how_to_re_export(tiny_onnx_model_dir, cells):
     clf = Classifier.load(tiny_onnx_model_dir, backend="onnx")
     assert not clf.backend_.has_cam
