@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportValidationError, ModelFormatError
-from ..runtimes.onnx import CAM_OUTPUT
+from ..runtimes.onnx import CAM_OUTPUT, make_session
 
 __all__ = [
     "CAM_FP32_RTOL",
@@ -23,6 +23,7 @@ __all__ = [
     "CAM_INT8_MIN_CORRELATION",
     "cam_graph",
     "cam_parity",
+    "cam_parity_keras",
     "onnx_cams",
 ]
 
@@ -124,3 +125,14 @@ def cam_parity(
             details=rec,
         )
     return rec
+
+
+def cam_parity_keras(two_output_model, onnx_path, x: np.ndarray, batch_size: int) -> dict[str, Any]:
+    """Keras maps of :func:`cam_graph`'s model vs the ``cam`` output of the file (fp32)."""
+    b = max(1, int(batch_size))
+    ref = np.concatenate([
+        np.asarray(two_output_model(x[i : i + b], training=False)[1], dtype=np.float32)
+        for i in range(0, len(x), b)
+    ])
+    test = onnx_cams(make_session(onnx_path), x, b)
+    return cam_parity(ref, test, rtol=CAM_FP32_RTOL, what="ONNX fp32")

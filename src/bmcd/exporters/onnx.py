@@ -73,7 +73,7 @@ from ._common import (
     _temp_path,
 )
 from ._samples import _resolve_samples
-from .cam import CAM_FP32_RTOL, cam_graph, cam_parity, onnx_cams
+from .cam import cam_graph, cam_parity_keras
 
 # Re-exported: ``from bmcd.exporters.onnx import quantize_int8`` keeps working (the int8
 # step lives in bmcd.exporters.quantize, which never imports this module).
@@ -571,7 +571,7 @@ def export_onnx(
                 batch_size=batch_size, check=True,
             )
             if no_cam is None:
-                cam_check = _cam_parity_keras(graph_model, tmp, parity_samples.x, batch_size)
+                cam_check = cam_parity_keras(graph_model, tmp, parity_samples.x, batch_size)
         else:
             make_session(tmp)  # at least prove that onnxruntime loads it
         os.replace(tmp, final)
@@ -602,17 +602,6 @@ def export_onnx(
     meta = update_model_json(out_dir, "exports", "onnx", record)
     _drop_stale_int8(out_dir, meta, record["sha256"])
     return {**record, "path": str(final)}
-
-
-def _cam_parity_keras(two_output_model, onnx_path, x: np.ndarray, batch_size: int) -> dict[str, Any]:
-    """Keras maps vs the ``cam`` output of the file (fp32 tolerance; bmcd.exporters.cam)."""
-    b = max(1, int(batch_size))
-    ref = np.concatenate([
-        np.asarray(two_output_model(x[i : i + b], training=False)[1], dtype=np.float32)
-        for i in range(0, len(x), b)
-    ])
-    test = onnx_cams(make_session(onnx_path), x, b)
-    return cam_parity(ref, test, rtol=CAM_FP32_RTOL, what="ONNX fp32")
 
 
 def _drop_stale_int8(model_dir: Path, meta: ModelMeta | dict[str, Any], fp32_sha: str) -> None:
