@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -53,7 +55,12 @@ def exported_cam(fitted_mobilenet, learnable_split, tmp_path_factory):
     d = tmp_path_factory.mktemp("cam_export") / "model"
     fitted_mobilenet.save(d)
     rec = export_onnx(d)
-    rec8 = quantize_int8(d, calibration=learnable_split.train, validation=learnable_split.val)
+    # force: this 5-epoch model is fragile on its own (its p_all gate is tested in
+    # test_export_onnx.py); the map's int8 check is still computed and recorded
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec8 = quantize_int8(d, calibration=learnable_split.train,
+                             validation=learnable_split.val, force=True)
     return d, rec, rec8
 
 
