@@ -64,7 +64,7 @@ def exported_cam(fitted_mobilenet, learnable_split, tmp_path_factory):
     return d, rec, rec8
 
 
-def test_keras_map_mean_is_the_logit_and_flips_with_the_image(fitted_mobilenet, learnable_split):
+def test_keras_map_mean_is_the_logit(fitted_mobilenet, learnable_split):
     paths = learnable_split.test.absolute_paths()[:24]
     maps = fitted_mobilenet.explain(paths)
     assert maps.shape == (24, 2, 2) and maps.dtype == np.float32
