@@ -79,10 +79,10 @@ def test_export_writes_the_cam_output_and_checks_it(exported_cam, fitted_mobilen
     d, rec, rec8 = exported_cam
     assert rec["output"] == "p_all, cam" and rec["cam"]["available"]
     parity = rec["cam"]["parity"]
-    assert parity["passed"] and parity["max_rel_diff"] <= CAM_FP32_RTOL
+    assert parity["passed"] and parity["max_rel_diff"] <= CAM_FP32_RTOL, parity
     assert parity["shape"] == [2, 2]
     gate8 = rec8["gate"]["cam"]
-    assert gate8["passed"] and gate8["max_rel_diff"] <= CAM_INT8_RTOL
+    assert gate8["passed"] and gate8["max_rel_diff"] <= CAM_INT8_RTOL, (gate8, rec8["gate"])
     paths = learnable_split.test.absolute_paths()[:32]
     ref = fitted_mobilenet.explain(paths)
     scale = float(np.abs(ref).max())
