@@ -28,7 +28,12 @@ from .artifact import CLASSES, ModelMeta, write_model_json
 from .data import Dataset, iter_image_files, load_dataset
 from .errors import ConfigError, ConfigTypeError, DatasetError, ModelFormatError, NotFittedError
 from .labels import label_names
-from .preprocessing import IMAGE_EXTENSIONS, PreprocessConfig, preprocess_batch_with_info
+from .preprocessing import (
+    IMAGE_EXTENSIONS,
+    PreprocessConfig,
+    preprocess_batch,
+    preprocess_batch_with_info,
+)
 from .training import TrainConfig
 from .training.models import check_arch, is_scratch
 
@@ -470,6 +475,49 @@ class Classifier:
         p = self._p_all(X, batch_size=batch_size, no_cell=flags)
         return {"p_all": p, "label": label_names(p, self.threshold_),
                 "no_cell": np.asarray(flags, dtype=bool)}
+    def explain(self, X: Any, overlay: bool = False, batch_size: int = 32) -> Any:
+        """Class activation maps: where in each cell the evidence for p(all) lies.
+
+        The map is exact for bmcd's head (global average pooling, one sigmoid unit): cell
+        ``(i, j)`` of the last feature map contributes ``w . f_ij + b`` to the logit, and
+        the map's mean is the logit of p(all). Positive cells push towards "all", negative
+        ones towards "hem". Works with the Keras backend and with ONNX files exported with
+        the ``cam`` output (no TensorFlow). See docs/explain.rst.
+
+        Parameters
+        ----------
+        X : like :meth:`predict_proba`
+        overlay : bool
+            Also return the maps upsampled onto the preprocessed cells as JET colour
+            overlays, showing the evidence for each cell's predicted label.
+        batch_size : int
+            Preprocessing chunk hint.
+
+        Returns
+        -------
+        ndarray (n, h, w) float32
+            With ``overlay=False``.
+        tuple (maps, overlays)
+            With ``overlay=True``; overlays is (n, S, S, 3) uint8 RGB
+            (:func:`bmcd.explain.to_png` makes PNG bytes of one).
+
+        Raises
+        ------
+        CamUnavailableError
+            The backend or the ONNX file has no map (the message says how to re-export).
+        """
+        from .explain import explain_preprocessed
+
+        self._check_fitted("explain")
+        items, _ = _resolve_inputs(X)
+        config, maps, overs = self._config(), [], []
+        for start in range(0, len(items), max(int(batch_size), _PREDICT_CHUNK)):
+            x = preprocess_batch(items[start : start + max(int(batch_size), _PREDICT_CHUNK)], config)
+            _, cam, over = explain_preprocessed(self.backend_, x, self.threshold_, overlay)
+            maps.append(cam)
+            overs.append(over)
+        cams = np.concatenate(maps)
+        return (cams, np.concatenate(overs)) if overlay else cams
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(
@@ -502,12 +550,19 @@ class Classifier:
         p = self._p_all(ds, batch_size=batch_size)
         info = _describe_dataset(ds)
         info.update(dataset_info or {})
-        return EvaluationReport.from_predictions(
+        report = EvaluationReport.from_predictions(
             ds.labels, p, threshold=self.threshold_, subjects=[
                 s if s is not None else "?" for s in ds.subjects
             ], paths=ds.absolute_paths(), history=self.history_,
             model_info=self._model_info(), dataset_info=info,
         )
+        from .explain import build_gallery  # overlays for report.html (docs/explain.rst)
+
+        report.gallery = build_gallery(
+            self.backend_, report.paths or [], report.y_true, p, self.threshold_,
+            self._config(), subjects=report.subjects,
+        )
+        return report
 
     def _model_info(self) -> dict[str, Any]:
         mm = ModelMeta.from_dict(self.meta_)

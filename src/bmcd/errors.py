@@ -26,6 +26,7 @@ __all__ = [
     "OutputWriteError",
     "ServiceError",
     "RequestTooLargeError",
+    "CamUnavailableError",
 ]
 
 
@@ -115,3 +116,8 @@ class ServiceError(BmcdError, RuntimeError):
 
 class RequestTooLargeError(BmcdError, ValueError):
     """An HTTP request body is larger than the service's limit (answered with 413)."""
+
+
+class CamUnavailableError(ModelFormatError):
+    """The model cannot give class activation maps (ONNX file exported without a ``cam``
+    output, or a head for which the map is not exact); docs/explain.rst."""

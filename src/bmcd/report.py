@@ -412,6 +412,8 @@ def to_html(report: EvaluationReport, images: Mapping[str, bytes] | None = None)
         parts.append("<h2>Most confident mistakes</h2>")
         parts.append(table([(r["path"], r["subject"], r["true"], format_value(r["p_all"]))
                             for r in errs], ("path", "subject", "true", "p(all)")))
+    if report.gallery:
+        parts.append(_gallery_html(report.gallery))
     for title, info in (("Model", report.model_info), ("Dataset", report.dataset_info)):
         if info:
             parts.append(f"<h2>{title}</h2>")
@@ -422,6 +424,36 @@ def to_html(report: EvaluationReport, images: Mapping[str, bytes] | None = None)
             ))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _gallery_html(gallery: Sequence[Mapping[str, Any]]) -> str:
+    """Figures of cells with their class activation map overlay (docs/explain.rst)."""
+    e = html.escape
+    out = [
+        "<h2>Where the model looked</h2>",
+        "<p>Class activation maps upsampled onto the preprocessed cell: red marks the "
+        "strongest evidence for the predicted label. First the most confident errors, then "
+        "a sample of correct cells per class.</p>",
+        "<style>.gallery{display:flex;flex-wrap:wrap;gap:10px}.gallery figure{margin:0;"
+        "width:170px;font-size:0.8em}.gallery img{width:160px;height:160px;"
+        "image-rendering:auto}.gallery .error{color:#b00}</style>",
+    ]
+    for kind, title in (("error", "Most confident errors"), ("correct", "Correct cells")):
+        rows = [g for g in gallery if g.get("kind") == kind]
+        if not rows:
+            continue
+        out.append(f"<h3>{title}</h3><div class=\"gallery\">")
+        for g in rows:
+            b64 = base64.b64encode(g["png"]).decode("ascii")
+            name = Path(str(g["path"])).name
+            out.append(
+                f'<figure><img alt="class activation map overlay of {e(name)}" '
+                f'src="data:image/png;base64,{b64}"><figcaption class="{e(kind)}">'
+                f"{e(name)}<br>true {e(g['true'])}, predicted {e(g['predicted'])}<br>"
+                f"p(all) = {g['p_all']:.3f}</figcaption></figure>"
+            )
+        out.append("</div>")
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------- files

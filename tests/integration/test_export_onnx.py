@@ -179,7 +179,9 @@ def test_bmcd_json_records_the_file_and_the_file_describes_itself(exported, tmp_
     assert meta["arch"] == exported["arch"] and meta["image_size"] == exported["size"]
     assert props["classes"] == "hem,all" and props["bmcd_version"] == meta["bmcd_version"]
     assert [i.name for i in model.graph.input] == ["image"]
-    assert [o.name for o in model.graph.output] == ["p_all"]
+    # p_all first, then the class activation map (docs/explain.rst)
+    assert [o.name for o in model.graph.output] == ["p_all", "cam"]
+    assert stored["cam"]["available"] and stored["cam"]["parity"]["passed"]
 
     bare = tmp_path / "copy.onnx"  # no bmcd.json anywhere near it
     shutil.copy(path, bare)

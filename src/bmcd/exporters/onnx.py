@@ -61,7 +61,7 @@ from ..errors import (
     ModelFormatError,
     NotFittedError,
 )
-from ..runtimes.onnx import make_session
+from ..runtimes.onnx import CAM_OUTPUT, make_session
 from ._common import (
     INPUT_LAYOUT,
     _as_meta,
@@ -73,6 +73,7 @@ from ._common import (
     _temp_path,
 )
 from ._samples import _resolve_samples
+from .cam import cam_graph, cam_parity_keras
 
 # Re-exported: ``from bmcd.exporters.onnx import quantize_int8`` keeps working (the int8
 # step lives in bmcd.exporters.quantize, which never imports this module).
@@ -323,16 +324,22 @@ def _normalise_io(proto, image_size: int) -> None:
     g = proto.graph
     init = {t.name for t in g.initializer}
     inputs = [i for i in g.input if i.name not in init]
-    if len(inputs) != 1 or len(g.output) != 1:
+    if len(inputs) != 1 or len(g.output) not in (1, 2):
         raise ModelFormatError(
             f"The converted graph has {len(inputs)} inputs and {len(g.output)} outputs; a bmcd "
-            f"model has exactly one of each."
+            f"model has one input and the output p_all, optionally followed by cam."
         )
     inp, outp = inputs[0], g.output[0]
     if inp.name != INPUT_NAME:
         _rename_tensor(g, inp.name, INPUT_NAME)
     if outp.name != OUTPUT_NAME:
         _rename_tensor(g, outp.name, OUTPUT_NAME)
+    if len(g.output) == 2:  # the class activation map (bmcd.exporters.cam)
+        cam = g.output[1]
+        if cam.name != CAM_OUTPUT:
+            _rename_tensor(g, cam.name, CAM_OUTPUT)
+        cam.type.tensor_type.shape.dim[0].Clear()
+        cam.type.tensor_type.shape.dim[0].dim_param = "batch"
     dims = inp.type.tensor_type.shape.dim
     got = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if len(dims) != 4 or got[1:] != [image_size, image_size, 3]:
@@ -535,7 +542,9 @@ def export_onnx(
             limit=n_samples, seed=_SEED_PARITY, purpose="the ONNX parity check",
         )
 
-    proto = _convert(keras_model, S, opset)
+    # two outputs (p_all, cam) when the head has an exact map (bmcd.exporters.cam)
+    graph_model, no_cam = cam_graph(keras_model)
+    proto = _convert(graph_model, S, opset)
     _normalise_io(proto, S)
     domains = {o.domain: int(o.version) for o in proto.opset_import if o.domain not in ("", "ai.onnx")}
     check_onnxruntime_support(opset, int(proto.ir_version), domains)
@@ -555,12 +564,14 @@ def export_onnx(
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        parity = None
+        parity = cam_check = None
         if validate:
             parity = validate_parity(
                 keras_model, tmp, parity_samples.x, threshold=threshold, atol=atol,
                 batch_size=batch_size, check=True,
             )
+            if no_cam is None:
+                cam_check = cam_parity_keras(graph_model, tmp, parity_samples.x, batch_size)
         else:
             make_session(tmp)  # at least prove that onnxruntime loads it
         os.replace(tmp, final)
@@ -578,7 +589,8 @@ def export_onnx(
         "sha256": _sha256(final),
         "bytes": final.stat().st_size,
         "input": f"{INPUT_NAME} float32 (batch, {S}, {S}, 3) {INPUT_LAYOUT}",
-        "output": OUTPUT_NAME,
+        "output": OUTPUT_NAME if no_cam else f"{OUTPUT_NAME}, {CAM_OUTPUT}",
+        "cam": {"available": no_cam is None, "reason": no_cam, "parity": cam_check},
         "validated": bool(validate),
         "parity": parity,
         "samples": parity_samples.source if parity_samples else None,

@@ -31,9 +31,10 @@ from ..artifact import (
     update_model_json,
 )
 from ..errors import ConfigError, ExportValidationError, ModelFormatError
-from ..runtimes.onnx import make_session
+from ..runtimes.onnx import CAM_OUTPUT, make_session
 from ._common import _human_metadata, _now, _run_session, _set_metadata, _sha256, _temp_path
 from ._samples import _resolve_samples
+from .cam import CAM_INT8_MIN_CORRELATION, CAM_INT8_RTOL, cam_parity, onnx_cams
 
 __all__ = [
     "INT8_MIN_LABEL_AGREEMENT",
@@ -451,6 +452,15 @@ def _quantize(
                     details={**gate, "attempts": [
                         {"first_conv_float": a["first_conv_float"], **a["gate"]} for a in attempts
                     ]},
+                )
+            # the class activation map, int8 vs fp32 (looser tolerance, bmcd.exporters.cam)
+            if CAM_OUTPUT in [o.name for o in make_session(fp32).get_outputs()]:
+                m = min(len(val.x), 64)
+                gate["cam"] = cam_parity(
+                    onnx_cams(make_session(fp32), val.x[:m], b),
+                    onnx_cams(make_session(best["path"]), val.x[:m], b),
+                    rtol=CAM_INT8_RTOL, min_correlation=CAM_INT8_MIN_CORRELATION,
+                    what="int8", check=not force,
                 )
             qproto = onnx.load(str(best["path"]))
             _set_metadata(qproto, _human_metadata(meta, "int8"))

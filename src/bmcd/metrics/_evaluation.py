@@ -90,6 +90,8 @@ class EvaluationReport:
         Training history (Keras ``History.history``, or ``{"phases": [...]}``).
     model_info, dataset_info : dict
         Free-form descriptions; ``dataset_info["synthetic"]`` adds a banner.
+    gallery : list of dict
+        Cells with overlays for the report (:func:`bmcd.explain.build_gallery`).
 
     Examples
     --------
@@ -116,6 +118,10 @@ class EvaluationReport:
     history: Any = None
     model_info: dict[str, Any] = field(default_factory=dict)
     dataset_info: dict[str, Any] = field(default_factory=dict)
+    #: Cells shown with their class activation map overlay in ``report.html`` (set by
+    #: ``Classifier.evaluate`` when the model can explain, see
+    #: :func:`bmcd.explain.build_gallery`; not written to ``metrics.json``).
+    gallery: list[dict[str, Any]] = field(default_factory=list)
 
     # ---------------------------------------------------------------- construction
     @classmethod

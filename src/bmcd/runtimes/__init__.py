@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import ConfigError, ConfigTypeError
+from ..errors import CamUnavailableError, ConfigError, ConfigTypeError
 
 __all__ = ["Backend", "register_backend", "get_backend", "available_backends"]
 
@@ -49,6 +49,19 @@ class Backend(ABC):
     @abstractmethod
     def predict_batch(self, x: np.ndarray) -> np.ndarray:
         """Map preprocessed ``(n, S, S, 3)`` float32 input to ``(n,)`` float p(all)."""
+
+    def explain_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """p(all) ``(n,)`` and class activation maps ``(n, h, w)`` of a preprocessed batch.
+
+        The map is the logit of p(all) spread over the last feature map (its spatial mean
+        is the logit); see docs/explain.rst. Backends that cannot explain raise
+        :class:`~bmcd.errors.CamUnavailableError` (this default).
+        """
+        raise CamUnavailableError(
+            f"The {self.name or type(self).__name__!r} backend gives no class activation "
+            f"maps. Use backend='keras', or backend='onnx' with a model exported by this "
+            f"bmcd version (`bmcd export MODEL_DIR`)."
+        )
 
     @property
     def image_size(self) -> int:

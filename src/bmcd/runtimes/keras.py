@@ -25,16 +25,22 @@ import numpy as np
 
 from .._deps import optional_import
 from ..artifact import INPUT_NAME, KERAS_FILE, atomic_write_bytes, read_model_meta
-from ..errors import ConfigError, ConfigTypeError, ModelFormatError
+from ..errors import CamUnavailableError, ConfigError, ConfigTypeError, ModelFormatError
 from . import Backend, register_backend
 
 __all__ = [
+    "CAM_NAME",
     "KerasBackend",
+    "cam_model",
     "custom_objects",
     "image_preprocess_layer",
     "keras_module",
     "model_input_size",
 ]
+
+#: Name of the class activation map output (Keras two-output model and ONNX file);
+#: docs/explain.rst.
+CAM_NAME = "cam"
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -103,6 +109,77 @@ def custom_objects() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
+# class activation map (docs/explain.rst)
+# ---------------------------------------------------------------------------------------
+
+
+def cam_model(model):
+    """A two-output Keras model ``image -> (p_all, cam)`` sharing ``model``'s layers.
+
+    The bmcd head is global average pooling then one sigmoid unit, so with the last
+    feature map ``f`` of shape (h, w, C), dense weights ``w`` and bias ``b``::
+
+        logit = b + w . mean_ij f_ij = mean_ij (w . f_ij + b)
+
+    and ``cam_ij = w . f_ij + b`` (shape (batch, h, w)) is an exact decomposition of the
+    logit over the feature map's cells: its spatial mean is the logit of p(all). Positive
+    cells push towards "all", negative ones towards "hem" (docs/explain.rst).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A network from :func:`bmcd.training.build_model` with ``pooling="avg"`` and no
+        hidden head layers (layers ``image_preprocess``, ``backbone``, ``pool``, ``p_all``).
+
+    Returns
+    -------
+    keras.Model
+        Outputs ``p_all`` (batch, 1) and ``cam`` (batch, h, w); ``model`` is not changed
+        (its layer names and saved file stay as they are).
+
+    Raises
+    ------
+    ModelFormatError
+        The model has another head (max / flatten pooling, hidden dense layers), for which
+        the map would not be exact.
+    """
+    from ..artifact import OUTPUT_NAME
+
+    keras = keras_module("class activation maps")
+    names = [layer.name for layer in model.layers]
+    try:
+        pre = model.get_layer("image_preprocess")
+        backbone = model.get_layer("backbone")
+        pool = model.get_layer("pool")
+        dense = model.get_layer(OUTPUT_NAME)
+    except ValueError as exc:
+        raise ModelFormatError(
+            f"Class activation maps need a bmcd network (layers image_preprocess, backbone, "
+            f"pool, {OUTPUT_NAME}); this model has layers {names}."
+        ) from exc
+    extra = [n for n in names if n.startswith("head_dense")]
+    if not isinstance(pool, keras.layers.GlobalAveragePooling2D) or extra:
+        raise ModelFormatError(
+            f"The class activation map is exact only for global average pooling followed by "
+            f"the one-unit output; this model has pool={type(pool).__name__} and hidden "
+            f"head layers {extra}. Train with pooling='avg' and head_units=() to explain it."
+        )
+    kernel, bias = dense.get_weights()
+    inputs = keras.Input(shape=tuple(model.inputs[0].shape[1:]), dtype="float32",
+                         name=model.inputs[0].name)
+    feats = backbone(pre(inputs))
+    p_all = dense(pool(feats))  # dropout is the identity at inference
+    lin = keras.layers.Dense(1, activation=None, name="cam_logit")
+    lin.build(tuple(feats.shape))
+    lin.set_weights([kernel, bias])
+    lin.trainable = False
+    h, w = int(feats.shape[1]), int(feats.shape[2])
+    cam = keras.layers.Reshape((h, w), name=CAM_NAME)(lin(feats))
+    # a list, not a dict: the outputs keep this order (p_all first, as in the ONNX file)
+    return keras.Model(inputs, [p_all, cam], name=f"{model.name}_cam")
+
+
+# ---------------------------------------------------------------------------------------
 # inference backend
 # ---------------------------------------------------------------------------------------
 
@@ -149,6 +226,7 @@ class KerasBackend(Backend):
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, received {batch_size!r}.")
         self._fn = None
+        self._cam_fn = None
 
     # -- loading / saving -----------------------------------------------------------------
     @classmethod
@@ -273,6 +351,44 @@ class KerasBackend(Backend):
             chunk = np.ascontiguousarray(x[start : start + self.batch_size], dtype=np.float32)
             out[start : start + len(chunk)] = np.asarray(fn(chunk)).reshape(-1)
         return out
+
+    def explain_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """p(all) ``(n,)`` and class activation maps ``(n, h, w)`` float32 (:func:`cam_model`).
+
+        Raises
+        ------
+        CamUnavailableError
+            The network's head is not global average pooling + one unit.
+        """
+        x = np.asarray(x)
+        size = self.image_size
+        if x.ndim != 4 or x.shape[1:] != (size, size, 3):
+            raise ConfigError(
+                f"explain_batch expects preprocessed input of shape (n, {size}, {size}, 3); "
+                f"received {x.shape}."
+            )
+        if self._cam_fn is None:
+            tf = optional_import("tensorflow", purpose="class activation maps")
+            try:
+                two = cam_model(self.model)
+            except ModelFormatError as exc:
+                raise CamUnavailableError(str(exc)) from exc
+            spec = tf.TensorSpec((None, size, size, 3), tf.float32, name=INPUT_NAME)
+
+            @tf.function(input_signature=[spec], reduce_retracing=True)
+            def fn(batch):
+                return two(batch, training=False)
+
+            self._cam_fn, self._cam_shape = fn, tuple(int(d) for d in two.outputs[1].shape[1:])
+        ps, cams = [], []
+        for start in range(0, len(x), self.batch_size):
+            chunk = np.ascontiguousarray(x[start : start + self.batch_size], dtype=np.float32)
+            p, cam = self._cam_fn(chunk)
+            ps.append(np.asarray(p).reshape(-1))
+            cams.append(np.asarray(cam, dtype=np.float32))
+        if not ps:
+            return np.zeros(0, np.float32), np.zeros((0, *self._cam_shape), np.float32)
+        return np.concatenate(ps), np.concatenate(cams)
 
     def __repr__(self) -> str:
         return (

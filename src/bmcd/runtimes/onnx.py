@@ -19,11 +19,14 @@ from ..artifact import (
     read_model_meta,
     verify_export_sha256,
 )
-from ..errors import ConfigError, ModelFormatError
+from ..errors import CamUnavailableError, ConfigError, ModelFormatError
 from ..preprocessing import default_workers
 from . import Backend, register_backend
 
-__all__ = ["OnnxRuntimeBackend", "PRECISIONS", "DEFAULT_PROVIDERS", "make_session"]
+__all__ = ["CAM_OUTPUT", "OnnxRuntimeBackend", "PRECISIONS", "DEFAULT_PROVIDERS", "make_session"]
+
+#: Name of the optional class activation map output (docs/explain.rst).
+CAM_OUTPUT = "cam"
 
 PRECISIONS = {"fp32": ONNX_FILE, "int8": ONNX_INT8_FILE}
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -196,7 +199,11 @@ class OnnxRuntimeBackend(Backend):
                 f"(float32 image batch)."
             )
         self._input_name = inputs[0].name
-        self._output_name = session.get_outputs()[0].name
+        outputs = [o.name for o in session.get_outputs()]
+        self._output_name = outputs[0]
+        # the optional class activation map (docs/explain.rst); run() fetching only p_all
+        # costs the same as a file without it (measured there)
+        self._cam_name = CAM_OUTPUT if CAM_OUTPUT in outputs[1:] else None
         if self.meta is None:
             self.meta = parse_onnx_metadata(
                 session.get_modelmeta().custom_metadata_map, source=str(self.model_path)
@@ -271,10 +278,40 @@ class OnnxRuntimeBackend(Backend):
         out = self._session.run([self._output_name], {self._input_name: x})[0]
         return out.reshape(len(x))
 
+    @property
+    def has_cam(self) -> bool:
+        """Whether the file has the ``cam`` output (exported by bmcd with maps)."""
+        return self._cam_name is not None
+
+    def explain_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """p(all) ``(n,)`` and class activation maps ``(n, h, w)`` from the ``cam`` output.
+
+        Raises
+        ------
+        CamUnavailableError
+            The file was exported without the ``cam`` output (re-export it).
+        """
+        if self._cam_name is None:
+            raise CamUnavailableError(
+                f"'{self.model_path}' has no '{CAM_OUTPUT}' output, so it gives no class "
+                f"activation maps (it was exported before bmcd added them, or from a network "
+                f"whose head has no exact map). Re-export the model directory with "
+                f"`bmcd export MODEL_DIR` (and `--int8` for the int8 file), or explain with "
+                f"backend='keras'."
+            )
+        S = self.image_size
+        if x.ndim != 4 or x.shape[1:] != (S, S, 3):
+            raise ConfigError(
+                f"Expected a preprocessed batch of shape (n, {S}, {S}, 3), received {x.shape}."
+            )
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        p, cam = self._session.run([self._output_name, self._cam_name], {self._input_name: x})
+        return p.reshape(len(x)), np.asarray(cam, dtype=np.float32)
+
     # -- pickling -----------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_session", "_input_name", "_output_name"):
+        for key in ("_session", "_input_name", "_output_name", "_cam_name"):
             state.pop(key, None)
         return state
 

@@ -35,8 +35,9 @@ from .limits import ServeLimits, image_dimensions
 __all__ = ["create_app", "ServeLimits", "PRECISIONS", "CAM_OUTPUT"]
 
 PRECISIONS = ("fp32", "int8")
-#: Name of the optional class-activation-map output an ONNX file may carry (issue 10,
-#: part 1). Models without it answer ``cam=true`` with 501.
+#: Name of the optional class-activation-map output an ONNX file may carry (the same as
+#: ``bmcd.runtimes.onnx.CAM_OUTPUT``, docs/explain.rst). Models without it answer
+#: ``cam=true`` with 501.
 CAM_OUTPUT = "cam"
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -289,7 +290,14 @@ def create_app(
             "error_code": None,
         }
 
-    async def score_one(name: str, data: bytes) -> dict[str, Any]:
+    def cam_png(x: np.ndarray) -> str:
+        """Base64 PNG of the class activation map overlay of one preprocessed image."""
+        from ..explain import explain_preprocessed, png_base64
+
+        _, _, over = explain_preprocessed(backend, x[None], threshold, True)
+        return png_base64(over[0])
+
+    async def score_one(name: str, data: bytes, cam: bool = False) -> dict[str, Any]:
         out = row(name)
         loop = asyncio.get_running_loop()
         batcher.announce()  # a batch being gathered may wait for this image
@@ -311,6 +319,13 @@ def create_app(
         out["p_all"] = p
         out["label"] = classes[1] if p >= threshold else classes[0]
         out["no_cell"] = bool(no_cell)
+        if cam:  # off the micro-batched path: only pages that ask for maps pay for them
+            try:
+                out["cam_png"] = await loop.run_in_executor(state["pool"], cam_png, x)
+            except Exception as exc:  # reported per image, never as a 500
+                out["cam_png"] = None
+                out["error_code"] = "cam_failed"
+                out["error"] = f"The class activation map failed: {exc.__class__.__name__}: {exc}"
         return out
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -346,10 +361,13 @@ def create_app(
         try:
             uploads = [v for _, v in form.multi_items() if hasattr(v, "read")]
             cam_value = request.query_params.get("cam") or form.get("cam") or ""
-            if isinstance(cam_value, str) and cam_value.strip().lower() in _TRUE and not cam_available:
+            want_cam = isinstance(cam_value, str) and cam_value.strip().lower() in _TRUE
+            if want_cam and not cam_available:
                 return error(501, "cam_not_available", (
                     f"Class activation maps are not available for this model: its ONNX file "
-                    f"'{onnx_path.name}' has no '{CAM_OUTPUT}' output. Ask without cam=true."))
+                    f"'{onnx_path.name}' has no '{CAM_OUTPUT}' output. Re-export the model "
+                    f"with this bmcd version (`bmcd export MODEL_DIR`), or ask without "
+                    f"cam=true."))
             if not uploads:
                 return error(400, "no_files", (
                     "The request carries no files. Send one or more images as "
@@ -363,7 +381,7 @@ def create_app(
                 items.append((up.filename or f"file{i + 1}", await up.read()))
         finally:
             await form.close()
-        results = await asyncio.gather(*(score_one(n, d) for n, d in items))
+        results = await asyncio.gather(*(score_one(n, d, want_cam) for n, d in items))
         return {
             "model": {"arch": identity["arch"], "precision": precision, "sha256": identity["sha256"]},
             "results": list(results),
