@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import ImageReadError
-from ..preprocessing import PreprocessConfig, preprocess
+from ..preprocessing import PreprocessConfig, preprocess_with_info
 
 __all__ = ["Pipeline", "Row", "PREFETCH_CHUNKS", "batched", "progress_bar"]
 
@@ -56,7 +56,7 @@ def progress_bar(progress: bool, unit: str, desc: str) -> Any:
 def _preprocess_into(buf: np.ndarray, i: int, path: str, config: PreprocessConfig) -> str | None:
     """Preprocess one file into ``buf[i]``; return None, or the error message."""
     try:
-        buf[i] = preprocess(path, config)
+        preprocess_with_info(path, config, out=buf[i])  # straight into the chunk buffer
         return None
     except ImageReadError as exc:
         return str(exc)
