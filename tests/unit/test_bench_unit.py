@@ -298,8 +298,12 @@ def test_run_bench_with_an_onnx_only_model(tiny_dir, cells, tmp_path):
         ("ms @1 (tiny-mean)", True), ("impossible (tiny-mean)", False)
     ]
     inf = report["inference"]
-    # no model.keras / model.int8.onnx: only the ORT fp32 rows, at batch 4 and 1
-    assert [(r["backend"], r["batch_size"]) for r in inf] == [("ort_fp32", 4), ("ort_fp32", 1)]
+    # no model.keras / model.int8.onnx: only the fp32 rows (ORT, and OpenVINO where it is
+    # installed; bf16 is skipped without a passed gate), at batch 4 and 1
+    import importlib.util
+
+    fp32 = ["ort_fp32"] + (["ov_f32"] if importlib.util.find_spec("openvino") else [])
+    assert [(r["backend"], r["batch_size"]) for r in inf] == [(b, n) for n in (4, 1) for b in fp32]
     assert all(r["images_per_second"] > 0 and r["rounds"] >= 3 for r in inf)
     (e2e,) = report["end_to_end"]
     assert e2e["engine"] == "local" and e2e["precision"] == "fp32" and e2e["n_files"] == 60
@@ -361,3 +365,38 @@ def test_bench_command_rejects_bad_arguments(capsys):
     assert main(["bench", "--batch-size", "0"]) == 1
     with pytest.raises(SystemExit):
         main(["bench", "--arch", "vgg16"])
+
+
+def test_run_bench_openvino_rows_side_by_side(tiny_dir, cells, tmp_path):
+    """OpenVINO rows beside ORT in one run: model only and end to end, parity checked."""
+    pytest.importorskip("openvino")
+    report = bench.run_bench(
+        model=tiny_dir,
+        seconds=0.05,
+        batch_size=4,
+        n_files=20,
+        dask=False,
+        images=cells,
+        cache_dir=tmp_path / "cache",
+        matmul_size=256,
+        backends=("ort_fp32", "ov_f32", "ov_bf16"),
+        e2e_runtimes=("onnx", "openvino"),
+        targets=[{"key": "ratio_e2e_model:{arch}:ov_f32", "what": "ov e2e", "op": ">=", "value": 0}],
+    )
+    rows = {(r["backend"], r["batch_size"]): r for r in report["inference"]}
+    assert ("ov_bf16", 4) not in rows  # no passed bf16 gate in the tiny model's bmcd.json
+    ov = rows[("ov_f32", 4)]
+    assert ov["label"] == "OpenVINO f32" and ov["parity_max_abs_diff"] <= 1e-4
+    e2e = {r["bench_backend"]: r for r in report["end_to_end"]}
+    assert sorted(e2e) == ["ort_fp32", "ov_f32"]
+    assert e2e["ov_f32"]["backend"] == "openvino"
+    assert e2e["ov_f32"]["parity_max_abs_diff"] <= bench.SCORE_PARITY_TOLERANCE
+    assert [t["met"] for t in report["targets"]] == [True]
+    assert "OpenVINO f32" in bench.format_report(report)
+
+
+def test_backend_available_says_why(tiny_dir):
+    ok, why = bench.backend_available(tiny_dir, "ort_int8")
+    assert not ok and "model.int8.onnx" in why
+    with pytest.raises(ConfigError, match="Unknown benchmark backend"):
+        bench.backend_available(tiny_dir, "ov_f16")

@@ -1,8 +1,9 @@
 """Streaming batch scoring: many image files in, one CSV row per file out.
 
 :func:`score` lists the inputs once, lazily (folders, globs, files, CSV manifests), and
-streams them through the one preprocessing path and an ONNX Runtime session in chunks of
-``batch_size`` files, so memory does not grow with the number of files. Preprocessing of
+streams them through the one preprocessing path and an inference backend (ONNX Runtime or
+OpenVINO, ``backend=``) in chunks of ``batch_size`` files, so memory does not grow with
+the number of files. Preprocessing of
 the next chunks runs in a thread pool while ONNX Runtime infers the current one.
 
 Every input gets exactly one row in the output CSV::
@@ -45,7 +46,7 @@ from .._deps import optional_import
 from ..artifact import ModelMeta
 from ..errors import ConfigError, ConfigTypeError, OutputExistsError
 from ..preprocessing import PreprocessConfig
-from ..runtimes.onnx import OnnxRuntimeBackend
+from ..runtimes import Backend, get_backend
 from ._inputs import MANIFEST_COLUMNS, iter_inputs, path_key
 from ._pipeline import PREFETCH_CHUNKS
 from ._sink import OUTPUT_COLUMNS, CsvSink, prepare_output, read_scored_paths
@@ -65,6 +66,7 @@ __all__ = [
     "PREFETCH_CHUNKS",
     "ENGINES",
     "default_local_threads",
+    "SCORE_BACKENDS",
 ]
 
 DEFAULT_BATCH_SIZE = 64
@@ -141,26 +143,51 @@ class ScoreSummary:
 # ---------------------------------------------------------------------------------------
 
 
-def _resolve_backend(model: Any, precision: str, intra_op_threads: int | None) -> OnnxRuntimeBackend:
-    """An OnnxRuntimeBackend from a path, a backend, or a Classifier holding one."""
-    if isinstance(model, OnnxRuntimeBackend):
+#: Backends :func:`score` loads from a path (both read the exported ONNX files).
+SCORE_BACKENDS = ("onnx", "openvino")
+
+
+def _resolve_backend(
+    model: Any,
+    backend: str,
+    precision: str,
+    intra_op_threads: int | None,
+    options: dict[str, Any] | None = None,
+) -> Backend:
+    """A loaded :class:`~bmcd.runtimes.Backend`: the one given, the one a Classifier
+    holds, or one loaded from a path with ``backend`` (docs/scaling.rst)."""
+    if isinstance(model, Backend):
         return model
-    for attr in ("backend_", "_backend", "backend"):
+    for attr in ("backend_", "_backend"):
         inner = getattr(model, attr, None)
-        if isinstance(inner, OnnxRuntimeBackend):
+        if isinstance(inner, Backend):
             return inner
     if isinstance(model, (str, os.PathLike)):
-        return OnnxRuntimeBackend.load(
-            model, precision=precision, intra_op_threads=intra_op_threads, allow_spinning=False
+        if backend not in SCORE_BACKENDS:
+            raise ConfigError(
+                f"backend must be one of {list(SCORE_BACKENDS)} to score from a model path, "
+                f"received {backend!r}. Other backends: load the model yourself and pass it."
+            )
+        if precision == "bf16" and backend != "openvino":
+            raise ConfigError(
+                "precision='bf16' runs only with backend='openvino' (ONNX Runtime has no bf16 "
+                "CPU kernels); pass backend='openvino' (--backend openvino --bf16)."
+            )
+        opts = dict(options or {})
+        if backend == "onnx":
+            opts.setdefault("allow_spinning", False)  # waiting threads leave the cores
+        return get_backend(backend).load(
+            model, precision=precision, intra_op_threads=intra_op_threads, **opts
         )
     raise ConfigTypeError(
-        f"score() needs a model directory, an .onnx file, or a model loaded with the ONNX "
-        f"backend (Classifier.load(dir, backend='onnx')); received {type(model).__name__}."
+        f"score() needs a model directory, an .onnx file, or a loaded backend "
+        f"(bmcd.runtimes.Backend, or a Classifier holding one); received "
+        f"{type(model).__name__}."
     )
 
 
-def _model_config(backend: OnnxRuntimeBackend) -> tuple[PreprocessConfig, float]:
-    meta = ModelMeta.from_dict(backend.meta, source=str(backend.model_path))
+def _model_config(backend: Backend) -> tuple[PreprocessConfig, float]:
+    meta = ModelMeta.from_dict(backend.meta, source=str(getattr(backend, "model_path", backend)))
     return meta.preprocess, float(meta.threshold)
 
 
@@ -191,16 +218,19 @@ def score(
     *,
     connect_timeout: float = 5.0,
     retries: int = 3,
+    backend: str = "onnx",
+    backend_options: dict[str, Any] | None = None,
 ) -> ScoreSummary:
     """Score image files with an exported ONNX model, streaming rows to a CSV.
 
     Parameters
     ----------
-    model : path or OnnxRuntimeBackend
+    model : path or Backend
         A model directory (uses ``model.onnx``, or ``model.int8.onnx`` with
-        ``precision="int8"``), a bare ``.onnx`` file carrying bmcd metadata, an
-        :class:`~bmcd.runtimes.onnx.OnnxRuntimeBackend`, or a Classifier loaded with the
-        ONNX backend.
+        ``precision="int8"``), a bare ``.onnx`` file carrying bmcd metadata, a loaded
+        :class:`~bmcd.runtimes.Backend` (e.g. an
+        :class:`~bmcd.runtimes.onnx.OnnxRuntimeBackend` or
+        :class:`~bmcd.runtimes.openvino.OpenVINOBackend`), or a Classifier holding one.
     inputs : path, glob, or iterable of them
         Folders (recursive), glob patterns, image files and CSV manifests, mixed; see
         :func:`iter_inputs`. Listed once, lazily; duplicates are scored once.
@@ -216,8 +246,10 @@ def score(
     resume : bool
         Skip the files already in ``out`` (after removing a line torn by a killed run) and
         append the rest. Without it an existing ``out`` raises :class:`OutputExistsError`.
-    precision : {"fp32", "int8"}
-        Which exported file of a model directory to run.
+    precision : {"fp32", "bf16", "int8"}
+        Which exported file of a model directory to run, and how. ``"bf16"`` needs
+        ``backend="openvino"``, a CPU with native bf16 and a passed bf16 gate
+        (``bmcd export MODEL --bf16``).
     engine : {"local", "dask"}
         Where to run; ``"dask"`` needs the ``scale`` extra.
     scheduler : str or distributed.Client, optional
@@ -236,6 +268,12 @@ def score(
         Dask engine: seconds to wait for the scheduler (and for its first worker).
     retries : int
         Dask engine: extra attempts for a partition whose task raised.
+    backend : {"onnx", "openvino"}
+        The runtime that loads a model path (ignored when ``model`` is already loaded).
+        ``"openvino"`` needs the ``openvino`` extra.
+    backend_options : dict, optional
+        Extra keyword arguments for the backend's ``load`` (e.g. ``{"num_streams": 2}``
+        for OpenVINO fp32/bf16); Dask workers get them too.
 
     Returns
     -------
@@ -248,8 +286,7 @@ def score(
     ConfigError
         An argument is out of range (``batch_size``, ``engine`` ...); a ``ValueError``.
     ConfigTypeError
-        ``model`` is neither a path nor a model loaded with the ONNX backend; a
-        ``TypeError``.
+        ``model`` is neither a path nor a loaded backend; a ``TypeError``.
     ModelFormatError
         The model is missing or not a bmcd ONNX model.
     DatasetError
@@ -291,7 +328,7 @@ def score(
         threads = intra_op_threads or default_local_threads()
     else:  # the driver only reads the model's config; workers size their own sessions
         threads = 1
-    backend = _resolve_backend(model, precision, threads)
+    loaded = _resolve_backend(model, backend, precision, threads, backend_options)
     output = prepare_output(out, resume)
     done = output.done
 
@@ -307,18 +344,18 @@ def score(
                 continue
             yield p
 
-    config, threshold = _model_config(backend)
+    config, threshold = _model_config(loaded)
     sink = CsvSink(output.path, threshold, write_header=output.write_header)
     t0 = time.perf_counter()
     try:
         if engine == "local":
             peak, extra = run_local(
-                backend, config, todo(), sink,
+                loaded, config, todo(), sink,
                 batch_size=batch_size, workers=workers, progress=progress,
             )
         else:
             peak, extra = run_dask(
-                backend, todo(), sink,
+                loaded, todo(), sink, backend_options=backend_options,
                 batch_size=batch_size, partition_size=partition_size, workers=workers,
                 scheduler=scheduler, intra_op_threads=intra_op_threads, progress=progress,
                 connect_timeout=connect_timeout, retries=retries,

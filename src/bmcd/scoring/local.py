@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..preprocessing import PreprocessConfig, default_workers
-from ..runtimes.onnx import OnnxRuntimeBackend
+from ..runtimes import Backend
 from ._pipeline import Pipeline, progress_bar
 from ._sink import CsvSink
 
@@ -30,7 +30,7 @@ def default_local_threads() -> int:
 
 
 def run_local(
-    backend: OnnxRuntimeBackend,
+    backend: Backend,
     config: PreprocessConfig,
     paths: Iterable[str],
     sink: CsvSink,
