@@ -209,3 +209,32 @@ def test_cli_export_bf16_runs_the_gate(model_dir, cells, tmp_path, capsys, monke
     assert calls == [(d, str(tmp_path), True)]
     assert "GATE {'stub': True}" in capsys.readouterr().out
     assert main(["export", str(d)]) == 0 and len(calls) == 1  # no --bf16, no gate
+
+
+@pytest.mark.parametrize("backend,precision", [("onnx", "int8"), ("openvino", "int8"),
+                                               ("openvino", "fp32")])
+def test_two_inference_workers_give_the_same_rows(model_dir, cells, tmp_path, backend, precision):
+    """Two chunks inferred at once (two single-thread calls) change nothing in the output."""
+    _, paths, x = cells
+    rows = {}
+    for k in (1, 2):
+        s = score(model_dir, paths, tmp_path / f"{k}.csv", batch_size=5, precision=precision,
+                  backend=backend, inference_workers=k, progress=False)
+        assert s.extra["inference_workers"] == k
+        assert s.peak_chunks_in_flight <= 3  # PREFETCH_CHUNKS + 1, as with one worker
+        rows[k] = _read(tmp_path / f"{k}.csv")
+    assert rows[1][0] == rows[2][0] == paths
+    np.testing.assert_allclose(rows[2][1], rows[1][1], atol=1e-5)
+    be = (OpenVINOBackend if backend == "openvino" else OnnxRuntimeBackend).load(
+        model_dir, precision=precision
+    )
+    np.testing.assert_allclose(rows[2][1], be.predict_batch(x), atol=1e-5 if precision == "fp32" else 0.03)
+
+
+def test_cli_score_inference_workers(model_dir, cells, tmp_path):
+    _, paths, x = cells
+    out = tmp_path / "w.csv"
+    assert main(["score", str(model_dir), *paths[:6], "-o", str(out), "--inference-workers", "2",
+                 "--no-progress"]) == 0
+    expected = OnnxRuntimeBackend.load(model_dir).predict_batch(x[:6])
+    np.testing.assert_allclose(_read(out)[1], expected, atol=1e-5)

@@ -24,7 +24,6 @@ from ..runtimes.onnx import OnnxRuntimeBackend
 from ._inputs import make_input_batches
 from ._parity import BACKENDS
 
-
 #: The model file each backend needs.
 _BACKEND_FILES = {
     "keras_predict": KERAS_FILE,

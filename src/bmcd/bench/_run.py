@@ -52,6 +52,7 @@ from ._parity import (
 from ._report import check_targets, evaluate_targets
 from ._timing import time_calls, time_interleaved
 
+
 def bench_inference(
     predictors: dict[str, Callable[[np.ndarray], np.ndarray]],
     images: np.ndarray,
@@ -91,8 +92,14 @@ def bench_inference(
         base = results[ref_name][0].images_per_second
         for name in names:
             timing, outs = results[name]
-            if name in REDUCED_PRECISION and "ort_fp32" in results:
-                against, tol, what = results["ort_fp32"][1], INT8_SANITY_MAX_ABS_DIFF, "ORT fp32"
+            reduced = name in REDUCED_PRECISION or ref_name in REDUCED_PRECISION
+            if reduced and name != ref_name:
+                # against ORT fp32 when it ran, else the reference (itself reduced, or
+                # fp32 against a reduced reference): sanity bounds, not the fp32 tolerance
+                use_fp32 = "ort_fp32" in results and name in REDUCED_PRECISION
+                fp32 = "ort_fp32" if use_fp32 else ref_name
+                against, tol = results[fp32][1], INT8_SANITY_MAX_ABS_DIFF
+                what = BACKEND_LABELS.get(fp32, fp32)
                 common = [i for i in outs if i in against]
                 diffs = [
                     check_int8_sanity(name, [outs[i] for i in common], [against[i] for i in common])

@@ -69,6 +69,11 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="inference threads per session (ONNX Runtime intra-op, OpenVINO) (default: local: CPU count - 1; "
         "dask: cores / Dask threads per host)",
     )
+    p.add_argument(
+        "--inference-workers", type=_positive_int_arg, default=None, metavar="N",
+        help="local: chunks inferred at once (default: 2 single-thread calls on 2+ cores, "
+        "1 with --threads)",
+    )
     p.add_argument("--resume", action="store_true", help="skip files already in --out")
     p.add_argument(
         "--engine", choices=["local", "dask"], default=None,
@@ -101,6 +106,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         resume=args.resume,
         precision="int8" if args.int8 else "bf16" if args.bf16 else "fp32",
         backend=args.backend,
+        inference_workers=args.inference_workers,
         engine=engine,
         scheduler=args.scheduler,
         partition_size=args.partition_size,

@@ -51,7 +51,7 @@ from ._inputs import MANIFEST_COLUMNS, iter_inputs, path_key
 from ._pipeline import PREFETCH_CHUNKS
 from ._sink import OUTPUT_COLUMNS, CsvSink, prepare_output, read_scored_paths
 from .dask import run_dask
-from .local import default_local_threads, run_local
+from .local import default_inference_workers, default_local_threads, run_local
 
 __all__ = [
     "score",
@@ -66,6 +66,7 @@ __all__ = [
     "PREFETCH_CHUNKS",
     "ENGINES",
     "default_local_threads",
+    "default_inference_workers",
     "SCORE_BACKENDS",
 ]
 
@@ -220,6 +221,7 @@ def score(
     retries: int = 3,
     backend: str = "onnx",
     backend_options: dict[str, Any] | None = None,
+    inference_workers: int | None = None,
 ) -> ScoreSummary:
     """Score image files with an exported ONNX model, streaming rows to a CSV.
 
@@ -258,10 +260,10 @@ def score(
     partition_size : int
         Dask engine: files per task.
     intra_op_threads : int, optional
-        ONNX Runtime threads per session. Local default: :func:`default_local_threads`
-        (the CPU count minus one, so inference and preprocessing overlap without fighting
-        for cores). Dask default: the host's CPU count divided by the Dask threads on that
-        host, so workers x threads <= cores. Ignored when ``model`` is already loaded.
+        Inference threads per session (ONNX Runtime intra-op, OpenVINO). Local default:
+        :func:`default_local_threads` (the CPU count) divided by ``inference_workers``.
+        Dask default: the host's CPU count divided by the Dask threads on that host, so
+        workers x threads <= cores. Ignored when ``model`` is already loaded.
     progress : bool
         Show a tqdm progress bar (images/s; partitions for Dask) when stderr is a terminal.
     connect_timeout : float
@@ -274,6 +276,13 @@ def score(
     backend_options : dict, optional
         Extra keyword arguments for the backend's ``load`` (e.g. ``{"num_streams": 2}``
         for OpenVINO fp32/bf16); Dask workers get them too.
+    inference_workers : int, optional
+        Local engine: chunks inferred at once, each with ``intra_op_threads`` threads
+        (default for a model path without ``intra_op_threads``:
+        :func:`default_inference_workers`, 2 single-thread calls on 2+ cores; otherwise
+        1). ONNX Runtime shares one session between them; OpenVINO compiles one model per
+        worker (several streams of one compiled int8 model are refused). A loaded backend
+        is shared as it is.
 
     Returns
     -------
@@ -324,11 +333,25 @@ def score(
         optional_import("distributed", purpose="engine='dask'")
 
     paths = iter_inputs(inputs)  # checks that every input exists, lists nothing yet
+    from_path = isinstance(model, (str, os.PathLike))
+    n_infer = 1
     if engine == "local":
-        threads = intra_op_threads or default_local_threads()
+        if inference_workers is not None:
+            n_infer = _positive_int("inference_workers", inference_workers)
+        elif from_path and intra_op_threads is None:
+            n_infer = default_inference_workers()
+        threads = intra_op_threads or max(1, default_local_threads() // n_infer)
     else:  # the driver only reads the model's config; workers size their own sessions
         threads = 1
     loaded = _resolve_backend(model, backend, precision, threads, backend_options)
+    predictors = [loaded.predict_batch] * n_infer
+    if n_infer > 1 and from_path and loaded.name == "openvino":
+        # one compiled model per inference worker: requests of one single-stream model
+        # run one after the other
+        predictors[1:] = [
+            _resolve_backend(model, backend, precision, threads, backend_options).predict_batch
+            for _ in range(n_infer - 1)
+        ]
     output = prepare_output(out, resume)
     done = output.done
 
@@ -352,6 +375,7 @@ def score(
             peak, extra = run_local(
                 loaded, config, todo(), sink,
                 batch_size=batch_size, workers=workers, progress=progress,
+                predictors=predictors,
             )
         else:
             peak, extra = run_dask(
