@@ -1,6 +1,6 @@
 """The direct BMP reader of the preprocessing hot path gives exactly OpenCV's pixels.
 
-``bmcd.preprocessing._read_bmp`` reads uncompressed 24-bit BMPs without ``cv2.imdecode``
+``bmcd._imageio._read_bmp`` reads uncompressed 24-bit BMPs without ``cv2.imdecode``
 (docs/benchmarks.rst, preprocessing); anything else must fall back to OpenCV.
 """
 
@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bmcd.preprocessing import PreprocessConfig, _read_bmp, preprocess, read_image
+from bmcd._imageio import _read_bmp
+from bmcd.preprocessing import PreprocessConfig, preprocess, read_image
 
 SAMPLES = sorted(Path(__file__).resolve().parents[2].joinpath("..", "shared", "data", "cnmc-sample").glob("*/*.bmp"))
 
