@@ -203,11 +203,15 @@ def format_report(report: dict[str, Any]) -> str:
             f"{c.get('wall_s', 0):.0f} s run (machine busy {_fmt(busy and 100 * busy, '.0f')}%)"
         )
     bs = s["batch_size"]
+    refs = {r.get("reference") for r in report["inference"]} or {"keras_predict"}
+    ref = refs.pop() if len(refs) == 1 else "keras_predict"
+    ref_label = BACKEND_LABELS.get(ref, ref)
+    short = {"keras_predict": "keras", "ort_fp32": "fp32"}.get(ref, "ref")
     lines += [
         "",
-        "inference, model only (images/s = batch / median call time; ratio vs keras predict)",
-        f"{'arch':13s} {'backend':14s} {f'img/s @{bs}':>10s} {f'x keras @{bs}':>11s} "
-        f"{'ms/img @1':>10s} {'x keras @1':>10s} {f'CPU ms/img @{bs}':>15s} {'max|dp|':>9s}"
+        f"inference, model only (images/s = batch / median call time; ratio vs {ref_label})",
+        f"{'arch':13s} {'backend':14s} {f'img/s @{bs}':>10s} {f'x {short} @{bs}':>11s} "
+        f"{'ms/img @1':>10s} {f'x {short} @1':>10s} {f'CPU ms/img @{bs}':>15s} {'max|dp|':>9s}"
         "  parity vs",
     ]
     by = {(r["arch"], r["backend"], r["batch_size"]): r for r in report["inference"]}
