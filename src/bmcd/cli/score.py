@@ -71,8 +71,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--inference-workers", type=_positive_int_arg, default=None, metavar="N",
-        help="local: chunks inferred at once (default: 2 single-thread calls on 2+ cores, "
-        "1 with --threads)",
+        help="local: chunks inferred at once (default: onnx 2 single-thread calls on 2+ "
+        "cores, 1 with --threads; openvino 1)",
     )
     p.add_argument("--resume", action="store_true", help="skip files already in --out")
     p.add_argument(

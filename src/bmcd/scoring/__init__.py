@@ -278,11 +278,11 @@ def score(
         for OpenVINO fp32/bf16); Dask workers get them too.
     inference_workers : int, optional
         Local engine: chunks inferred at once, each with ``intra_op_threads`` threads
-        (default for a model path without ``intra_op_threads``:
+        (default with ONNX Runtime from a model path without ``intra_op_threads``:
         :func:`default_inference_workers`, 2 single-thread calls on 2+ cores; otherwise
         1). ONNX Runtime shares one session between them; OpenVINO compiles one model per
-        worker (several streams of one compiled int8 model are refused). A loaded backend
-        is shared as it is.
+        worker (several streams of one compiled int8 model are refused), so for OpenVINO
+        it pays off only on long runs. A loaded backend is shared as it is.
 
     Returns
     -------
@@ -338,7 +338,10 @@ def score(
     if engine == "local":
         if inference_workers is not None:
             n_infer = _positive_int("inference_workers", inference_workers)
-        elif from_path and intra_op_threads is None:
+        elif from_path and intra_op_threads is None and backend == "onnx":
+            # OpenVINO would need a second compiled model (several streams of one int8
+            # model are refused), which costs more CPU than it saves on runs of thousands
+            # of files (docs/benchmarks.rst, end to end); ask for it explicitly
             n_infer = default_inference_workers()
         threads = intra_op_threads or max(1, default_local_threads() // n_infer)
     else:  # the driver only reads the model's config; workers size their own sessions
