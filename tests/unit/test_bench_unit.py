@@ -243,12 +243,40 @@ def test_evaluate_targets_and_format_report():
     text = format_report(report)
     assert "ORT int8" in text and "MISSED" in text and "end to end" in text
 
+    # the OpenVINO quantities: bf16 / ORT fp32, best int8 / ORT int8, e2e per backend
+    report["inference"] += [
+        row("resnet50", "ov_bf16", 32, 50.0),
+        row("resnet50", "ov_int8", 32, 40.0),  # slower than ORT int8: the best is ORT's
+        row("mobilenet_v2", "ort_int8", 32, 200.0),
+        row("mobilenet_v2", "ov_int8", 32, 260.0),
+    ]
+    report["end_to_end"].append(
+        {"arch": "mobilenet_v2", "precision": "int8", "engine": "local", "bench_backend": "ov_int8",
+         "label": "OpenVINO int8", "images_per_second": 200.0, "seconds": 1.0,
+         "ratio_to_model_only": 0.8}
+    )  # fmt: skip
+    ov_goals = [
+        {"key": "ratio_ov_bf16_fp32:{arch}", "what": "bf16 ({arch})", "op": ">=", "value": 1.8},
+        {"key": "ratio_best_int8:{arch}", "what": "int8 ({arch})", "op": ">=", "value": 1.2},
+        {"key": "ratio_e2e_model:{arch}:ov_int8", "what": "e2e ({arch})", "op": ">=", "value": 0.9},
+        {"key": "ratio_e2e_model:{arch}:int8", "what": "e2e ort ({arch})", "op": ">=", "value": 0.9},
+    ]  # fmt: skip
+    got = {t["what"]: (t["measured"], t["met"]) for t in evaluate_targets(report, ov_goals)}
+    assert got == {
+        "bf16 (resnet50)": (2.0, True),
+        "int8 (resnet50)": (1.0, False),
+        "int8 (mobilenet_v2)": (1.3, True),
+        "e2e (mobilenet_v2)": (0.8, False),
+        "e2e ort (mobilenet_v2)": (0.9, True),  # the ORT row keeps its own key
+    }
+    assert "OpenVINO int8" in format_report(report)
+
 
 def test_targets_are_checked_and_loaded_from_files(tmp_path):
     # the reference machine's goals live with the benchmarks, not in the library
     assert not hasattr(bench, "TARGETS")
     shipped = load_targets(ROOT / "benchmarks" / "targets.py")
-    assert len(shipped) == 5 and {t["op"] for t in shipped} == {">=", "<="}
+    assert len(shipped) == 7 and {t["op"] for t in shipped} == {">=", "<="}
     as_json = tmp_path / "targets.json"
     as_json.write_text(json.dumps({"targets": list(TARGETS)}))
     assert load_targets(as_json) == [dict(t) for t in TARGETS]
