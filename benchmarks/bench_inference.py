@@ -1,10 +1,13 @@
-"""Model-only inference: Keras predict, tf.function, ONNX Runtime fp32 and int8.
+"""Model-only inference: Keras predict, tf.function, ONNX Runtime fp32 and int8, OpenVINO
+f32, bf16 and int8 (side by side in one session; the OpenVINO rows skip without the
+``openvino`` extra, bf16 also without native bf16).
 
 Both architectures at 224 px, batch 32 and batch 1, on preprocessed real images (each
 input a different rotation/reflection, a new one every round). Parity after timing:
 tf.function and ORT fp32 against Keras predict (``bmcd.bench.PARITY_TOLERANCE``; ORT
 fp32 to 1e-4), ORT int8 against ORT fp32 with a sanity bound
-(:func:`bmcd.bench.check_int8_sanity`). ``extra_info`` carries images/s and the ratio to
+(:func:`bmcd.bench.check_int8_sanity`); OpenVINO f32 against Keras predict to 1e-4,
+OpenVINO bf16 and int8 against ORT fp32 with the same sanity bound. ``extra_info`` carries images/s and the ratio to
 Keras predict measured in the same session.
 """
 
@@ -18,6 +21,7 @@ from bmcd.bench import (
     BACKEND_LABELS,
     BACKENDS,
     PARITY_TOLERANCE,
+    REDUCED_PRECISION,
     check_int8_sanity,
     check_parity,
     make_input_batches,
@@ -58,6 +62,8 @@ def reference(arch: str, batch_size: int, backend: str, fns: dict, inputs) -> di
 def test_inference(benchmark, predictors, images224, arch, batch_size, backend):
     benchmark.group = f"inference {arch} batch {batch_size}"
     fns = predictors(arch)
+    if backend not in fns:
+        pytest.skip(f"{BACKEND_LABELS[backend]} cannot run here (extra or CPU feature missing)")
     inputs = inputs_for(images224, batch_size)
     rot = Rotation(fns[backend], inputs)
     run_rotation(benchmark, rot, rounds=ROUNDS[batch_size], warmup_rounds=WARMUP[batch_size])
@@ -65,7 +71,7 @@ def test_inference(benchmark, predictors, images224, arch, batch_size, backend):
     _outputs.setdefault((arch, batch_size, backend), rot.outputs)
 
     # a fast wrong answer fails: parity of every output this benchmark produced
-    if backend == "ort_int8":
+    if backend in REDUCED_PRECISION:
         ref = reference(arch, batch_size, "ort_fp32", fns, inputs)
         idx = sorted(rot.outputs)
         diff = check_int8_sanity(
@@ -94,8 +100,11 @@ def test_inference(benchmark, predictors, images224, arch, batch_size, backend):
         if base:
             extra["ratio_to_keras_predict"] = ips / base
         fp32 = RESULTS.get(("inference", arch, batch_size, "ort_fp32"))
-        if backend == "ort_int8" and fp32:
+        if backend in ("ort_int8", "ov_f32", "ov_bf16", "ov_int8") and fp32:
             extra["ratio_to_ort_fp32"] = ips / fp32
+        int8 = RESULTS.get(("inference", arch, batch_size, "ort_int8"))
+        if backend == "ov_int8" and int8:
+            extra["ratio_to_ort_int8"] = ips / int8
     record(
         benchmark,
         "inference",

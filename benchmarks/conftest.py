@@ -141,15 +141,19 @@ def bench_model(cache_dir: Path, images224: np.ndarray) -> Callable[[str], Path]
 
 @pytest.fixture(scope="session")
 def predictors(bench_model) -> Callable[[str], dict]:
-    """``predictors(arch)``: keras predict, tf.function, ORT fp32 and ORT int8 callables."""
-    from bmcd.bench import load_predictors
+    """``predictors(arch)``: keras predict, tf.function, ORT fp32 and int8, and OpenVINO
+    f32, bf16 and int8 callables (the OpenVINO ones where the extra is installed, bf16
+    where the CPU has native bf16; bf16 forced: a gate means nothing for random weights)."""
+    from bmcd.bench import BACKENDS, backend_available, load_predictors
 
     loaded: dict[str, dict] = {}
 
     def get(arch: str) -> dict:
         if arch not in loaded:
             loaded.clear()  # keep one architecture's models in memory at a time
-            loaded[arch] = load_predictors(bench_model(arch))
+            d = bench_model(arch)
+            avail = [b for b in BACKENDS if backend_available(d, b, force_bf16=True)[0]]
+            loaded[arch] = load_predictors(d, avail, force_bf16=True)
         return loaded[arch]
 
     return get

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from .errors import ConfigError, ImageReadError
-from .imageio import decode_image, describe_source, read_image, to_rgb_uint8
+from .imageio import _scratch, decode_image, describe_source, read_image, to_rgb_uint8
 
 __all__ = [
     "PreprocessConfig",
@@ -188,7 +188,8 @@ def find_cell_bbox(image: np.ndarray, threshold: int = 10) -> tuple[int, int, in
     first, so specks of debris do not win.
     """
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
-    _, mask = cv2.threshold(gray, threshold, 1, cv2.THRESH_BINARY)
+    mask = _scratch("mask", gray.shape)
+    cv2.threshold(gray, threshold, 1, cv2.THRESH_BINARY, dst=mask)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return None
@@ -291,14 +292,16 @@ def resize_to_square(
     if (nh, nw) == (h, w):
         canvas[top : top + nh, left : left + nw] = image
     else:
-        canvas[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh), interpolation=flag)
+        # straight into the canvas (no temporary image); the same pixels as assigning
+        # the result of cv2.resize
+        cv2.resize(image, (nw, nh), dst=canvas[top : top + nh, left : left + nw], interpolation=flag)
     return canvas
 
 
 def _load(item: ImageInput) -> tuple[np.ndarray, bool]:
     if isinstance(item, np.ndarray):
         return to_rgb_uint8(item, bgr=False), False
-    return decode_image(item)
+    return decode_image(item, scratch=True)
 
 
 def preprocess_with_info(
@@ -329,13 +332,16 @@ def _preprocess_loaded(
     image: np.ndarray, is_bgr: bool, config: PreprocessConfig, out: np.ndarray | None
 ) -> tuple[np.ndarray, PreprocessInfo]:
     H, W = image.shape[:2]
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if is_bgr else cv2.COLOR_RGB2GRAY)
+    gray = _scratch("gray", (H, W))
+    cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if is_bgr else cv2.COLOR_RGB2GRAY, dst=gray)
     bbox = find_cell_bbox(gray, config.threshold)
     x, y, w, h = (0, 0, W, H) if bbox is None else _crop_box(image.shape, bbox, config.margin)
-    square = resize_to_square(image[y : y + h, x : x + w], config.image_size, config.interpolation)
+    S = config.image_size
+    square = resize_to_square(
+        image[y : y + h, x : x + w], S, config.interpolation, out=_scratch("square", (S, S, 3))
+    )
     if is_bgr:
         cv2.cvtColor(square, cv2.COLOR_BGR2RGB, dst=square)
-    S = config.image_size
     if out is None:
         out = np.empty((S, S, 3), dtype=np.float32)
     elif out.shape != (S, S, 3) or out.dtype != np.float32:

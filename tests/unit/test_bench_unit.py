@@ -243,12 +243,40 @@ def test_evaluate_targets_and_format_report():
     text = format_report(report)
     assert "ORT int8" in text and "MISSED" in text and "end to end" in text
 
+    # the OpenVINO quantities: bf16 / ORT fp32, best int8 / ORT int8, e2e per backend
+    report["inference"] += [
+        row("resnet50", "ov_bf16", 32, 50.0),
+        row("resnet50", "ov_int8", 32, 40.0),  # slower than ORT int8: the best is ORT's
+        row("mobilenet_v2", "ort_int8", 32, 200.0),
+        row("mobilenet_v2", "ov_int8", 32, 260.0),
+    ]
+    report["end_to_end"].append(
+        {"arch": "mobilenet_v2", "precision": "int8", "engine": "local", "bench_backend": "ov_int8",
+         "label": "OpenVINO int8", "images_per_second": 200.0, "seconds": 1.0,
+         "ratio_to_model_only": 0.8}
+    )  # fmt: skip
+    ov_goals = [
+        {"key": "ratio_ov_bf16_fp32:{arch}", "what": "bf16 ({arch})", "op": ">=", "value": 1.8},
+        {"key": "ratio_best_int8:{arch}", "what": "int8 ({arch})", "op": ">=", "value": 1.2},
+        {"key": "ratio_e2e_model:{arch}:ov_int8", "what": "e2e ({arch})", "op": ">=", "value": 0.9},
+        {"key": "ratio_e2e_model:{arch}:int8", "what": "e2e ort ({arch})", "op": ">=", "value": 0.9},
+    ]  # fmt: skip
+    got = {t["what"]: (t["measured"], t["met"]) for t in evaluate_targets(report, ov_goals)}
+    assert got == {
+        "bf16 (resnet50)": (2.0, True),
+        "int8 (resnet50)": (1.0, False),
+        "int8 (mobilenet_v2)": (1.3, True),
+        "e2e (mobilenet_v2)": (0.8, False),
+        "e2e ort (mobilenet_v2)": (0.9, True),  # the ORT row keeps its own key
+    }
+    assert "OpenVINO int8" in format_report(report)
+
 
 def test_targets_are_checked_and_loaded_from_files(tmp_path):
     # the reference machine's goals live with the benchmarks, not in the library
     assert not hasattr(bench, "TARGETS")
     shipped = load_targets(ROOT / "benchmarks" / "targets.py")
-    assert len(shipped) == 5 and {t["op"] for t in shipped} == {">=", "<="}
+    assert len(shipped) == 7 and {t["op"] for t in shipped} == {">=", "<="}
     as_json = tmp_path / "targets.json"
     as_json.write_text(json.dumps({"targets": list(TARGETS)}))
     assert load_targets(as_json) == [dict(t) for t in TARGETS]
@@ -298,8 +326,12 @@ def test_run_bench_with_an_onnx_only_model(tiny_dir, cells, tmp_path):
         ("ms @1 (tiny-mean)", True), ("impossible (tiny-mean)", False)
     ]
     inf = report["inference"]
-    # no model.keras / model.int8.onnx: only the ORT fp32 rows, at batch 4 and 1
-    assert [(r["backend"], r["batch_size"]) for r in inf] == [("ort_fp32", 4), ("ort_fp32", 1)]
+    # no model.keras / model.int8.onnx: only the fp32 rows (ORT, and OpenVINO where it is
+    # installed; bf16 is skipped without a passed gate), at batch 4 and 1
+    import importlib.util
+
+    fp32 = ["ort_fp32"] + (["ov_f32"] if importlib.util.find_spec("openvino") else [])
+    assert [(r["backend"], r["batch_size"]) for r in inf] == [(b, n) for n in (4, 1) for b in fp32]
     assert all(r["images_per_second"] > 0 and r["rounds"] >= 3 for r in inf)
     (e2e,) = report["end_to_end"]
     assert e2e["engine"] == "local" and e2e["precision"] == "fp32" and e2e["n_files"] == 60
@@ -346,10 +378,12 @@ def test_bench_command_with_keras_rows(tiny_dir, cells, tmp_path, capsys):
         assert label in text
     report = json.loads(out_json.read_text())
     backends = [(r["backend"], r["batch_size"]) for r in report["inference"]]
-    assert backends == [
-        ("keras_predict", 4), ("tf_function", 4), ("ort_fp32", 4),
-        ("keras_predict", 1), ("tf_function", 1), ("ort_fp32", 1),
-    ]  # fmt: skip
+    import importlib.util
+
+    # OpenVINO f32 beside them where the extra is installed (bf16: no gate, skipped)
+    ov = ["ov_f32"] if importlib.util.find_spec("openvino") else []
+    names = ["keras_predict", "tf_function", "ort_fp32", *ov]
+    assert backends == [(b, n) for n in (4, 1) for b in names]
     for r in report["inference"]:
         assert r["parity_max_abs_diff"] <= bench.PARITY_TOLERANCE[r["backend"]]
     assert report["targets"] == []  # bmcd ships no speed goals; none were given
@@ -385,3 +419,38 @@ def test_check_score_output_checks_labels_and_thresholds(tiny_onnx_model_dir, tm
     bad.write_text("".join(lines[:3] + [lines[3].replace(",0.5,", ",0.6,")] + lines[4:]))
     with pytest.raises(BenchError, match="thresholds"):
         check_score_output(bad, tiny_onnx_model_dir, files, predictor=tiny_model_expected)
+
+
+def test_run_bench_openvino_rows_side_by_side(tiny_dir, cells, tmp_path):
+    """OpenVINO rows beside ORT in one run: model only and end to end, parity checked."""
+    pytest.importorskip("openvino")
+    report = bench.run_bench(
+        model=tiny_dir,
+        seconds=0.05,
+        batch_size=4,
+        n_files=20,
+        dask=False,
+        images=cells,
+        cache_dir=tmp_path / "cache",
+        matmul_size=256,
+        backends=("ort_fp32", "ov_f32", "ov_bf16"),
+        e2e_runtimes=("onnx", "openvino"),
+        targets=[{"key": "ratio_e2e_model:{arch}:ov_f32", "what": "ov e2e", "op": ">=", "value": 0}],
+    )
+    rows = {(r["backend"], r["batch_size"]): r for r in report["inference"]}
+    assert ("ov_bf16", 4) not in rows  # no passed bf16 gate in the tiny model's bmcd.json
+    ov = rows[("ov_f32", 4)]
+    assert ov["label"] == "OpenVINO f32" and ov["parity_max_abs_diff"] <= 1e-4
+    e2e = {r["bench_backend"]: r for r in report["end_to_end"]}
+    assert sorted(e2e) == ["ort_fp32", "ov_f32"]
+    assert e2e["ov_f32"]["backend"] == "openvino"
+    assert e2e["ov_f32"]["parity_max_abs_diff"] <= bench.SCORE_PARITY_TOLERANCE
+    assert [t["met"] for t in report["targets"]] == [True]
+    assert "OpenVINO f32" in bench.format_report(report)
+
+
+def test_backend_available_says_why(tiny_dir):
+    ok, why = bench.backend_available(tiny_dir, "ort_int8")
+    assert not ok and "model.int8.onnx" in why
+    with pytest.raises(ConfigError, match="Unknown benchmark backend"):
+        bench.backend_available(tiny_dir, "ov_f16")

@@ -5,7 +5,9 @@ fresh inputs on every call and a parity check beside every timing, so a fast wro
 cannot pass:
 
 * **inference (model only)**: Keras ``model.predict``, a compiled ``tf.function`` call,
-  ONNX Runtime fp32 and ONNX Runtime int8, at batch ``B`` and at batch 1. Reported as
+  ONNX Runtime fp32 and int8, and OpenVINO f32, bf16 (where the CPU has native bf16) and
+  int8 (with the ``openvino`` extra), on the same exported files, at batch ``B`` and at
+  batch 1. Reported as
   images/s, ms/image and the ratio to Keras ``predict``.
 * **end to end**: :func:`bmcd.scoring.score` over ``n`` image files on disk into a CSV
   (decode, crop, pad, resize, infer, write), with the local engine and, when the
@@ -57,6 +59,7 @@ from ._machine import (
     process_cpu_seconds,
 )
 from ._models import (
+    backend_available,
     build_bench_model,
     default_cache_dir,
     ensure_bench_model,
@@ -65,10 +68,12 @@ from ._models import (
 )
 from ._parity import (
     BACKEND_LABELS,
+    BACKEND_RUNTIMES,
     BACKENDS,
     INT8_SANITY_MAX_ABS_DIFF,
     INT8_SANITY_MIN_CORRELATION,
     PARITY_TOLERANCE,
+    REDUCED_PRECISION,
     SCORE_PARITY_TOLERANCE,
     check_int8_sanity,
     check_parity,
@@ -86,6 +91,9 @@ from ._timing import Timing, time_calls, time_interleaved
 __all__ = [
     "BACKENDS",
     "BACKEND_LABELS",
+    "BACKEND_RUNTIMES",
+    "REDUCED_PRECISION",
+    "backend_available",
     "PARITY_TOLERANCE",
     "INT8_SANITY_MAX_ABS_DIFF",
     "INT8_SANITY_MIN_CORRELATION",

@@ -24,6 +24,17 @@ from ..runtimes.onnx import OnnxRuntimeBackend
 from ._inputs import make_input_batches
 from ._parity import BACKENDS
 
+#: The model file each backend needs.
+_BACKEND_FILES = {
+    "keras_predict": KERAS_FILE,
+    "tf_function": KERAS_FILE,
+    "ort_fp32": ONNX_FILE,
+    "ort_int8": ONNX_INT8_FILE,
+    "ov_f32": ONNX_FILE,
+    "ov_bf16": ONNX_FILE,
+    "ov_int8": ONNX_INT8_FILE,
+}
+
 
 def default_cache_dir() -> Path:
     """Where ``bmcd bench`` keeps its random-weight models and files between runs."""
@@ -185,18 +196,59 @@ def load_keras_model(model_dir: str | os.PathLike):
     return keras.saving.load_model(path, compile=False)
 
 
+def backend_available(
+    model_dir: str | os.PathLike, backend: str, *, force_bf16: bool = False
+) -> tuple[bool, str]:
+    """Whether ``backend`` can run on ``model_dir`` here, and if not, why.
+
+    The OpenVINO rows need the ``openvino`` extra; ``ov_bf16`` also a CPU with native bf16
+    (:func:`bmcd.runtimes.openvino.cpu_supports_bf16`) and, unless ``force_bf16``, a passed
+    bf16 gate in ``bmcd.json`` (``bmcd export MODEL --bf16``).
+    """
+    if backend not in _BACKEND_FILES:
+        raise ConfigError(f"Unknown benchmark backend {backend!r}; expected one of {list(BACKENDS)}.")
+    f = _BACKEND_FILES[backend]
+    if not (Path(model_dir) / f).is_file():
+        return False, f"{f} missing in {model_dir}"
+    if backend.startswith("ov_"):
+        from ..errors import MissingDependencyError
+
+        try:
+            from ..runtimes.openvino import cpu_supports_bf16, openvino_module
+
+            openvino_module()
+        except MissingDependencyError:
+            return False, "openvino is not installed (pip install 'bmcd[openvino]')"
+        if backend == "ov_bf16" and not cpu_supports_bf16():
+            return False, "this CPU has no native bf16 (AVX512-BF16 / AMX)"
+        if backend == "ov_bf16" and not force_bf16:
+            from ..artifact import read_model_json
+            from ..errors import BmcdError
+            from ..runtimes.openvino import check_bf16_gate
+
+            try:
+                check_bf16_gate(Path(model_dir) / f, read_model_json(model_dir))
+            except BmcdError:
+                return False, f"no passed bf16 gate in bmcd.json (run `bmcd export {model_dir} --bf16`)"
+    return True, ""
+
+
 def load_predictors(
     model_dir: str | os.PathLike,
     backends: Iterable[str] = BACKENDS,
     *,
     intra_op_threads: int | None = None,
+    force_bf16: bool = False,
 ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """``{backend: fn(x (n, S, S, 3) float32) -> (n,) p(all)}`` for a model directory.
 
     ``keras_predict`` is ``model.predict(x, batch_size=len(x))``; ``tf_function`` is
     ``tf.function(model)`` with a fixed input signature (traced once, graph mode);
     ``ort_fp32`` / ``ort_int8`` are :class:`~bmcd.runtimes.onnx.OnnxRuntimeBackend`
-    sessions on ``model.onnx`` / ``model.int8.onnx``.
+    sessions on ``model.onnx`` / ``model.int8.onnx``; ``ov_f32`` / ``ov_bf16`` /
+    ``ov_int8`` are :class:`~bmcd.runtimes.openvino.OpenVINOBackend` on the same files
+    (one stream with all threads). ``force_bf16`` runs bf16 without a passed bf16 gate:
+    only for the random-weight benchmark models, where a gate means nothing.
     """
     backends = list(backends)
     unknown = [b for b in backends if b not in BACKENDS]
@@ -232,5 +284,20 @@ def load_predictors(
                 model_dir, precision=precision, intra_op_threads=intra_op_threads
             )
             out[name] = be.predict_batch
-    return {b: out[b] for b in backends}
+    for name, precision in (("ov_f32", "fp32"), ("ov_bf16", "bf16"), ("ov_int8", "int8")):
+        if name in backends:
+            import warnings
 
+            from ..runtimes.openvino import OpenVINOBackend
+
+            with warnings.catch_warnings():
+                # forced bf16 on a random-weight model: expected, said in the docstring
+                warnings.filterwarnings("ignore", message=".*bf16.*")
+                ov = OpenVINOBackend.load(
+                    model_dir,
+                    precision=precision,
+                    intra_op_threads=intra_op_threads,
+                    force_bf16=force_bf16 and precision == "bf16",
+                )
+            out[name] = ov.predict_batch
+    return {b: out[b] for b in backends}

@@ -13,20 +13,38 @@ import numpy as np
 from ..errors import BenchError
 
 #: Backends compared by the inference benchmark, in table order.
-BACKENDS = ("keras_predict", "tf_function", "ort_fp32", "ort_int8")
+BACKENDS = (
+    "keras_predict", "tf_function", "ort_fp32", "ort_int8", "ov_f32", "ov_bf16", "ov_int8",
+)
 BACKEND_LABELS = {
     "keras_predict": "keras predict",
     "tf_function": "tf.function",
     "ort_fp32": "ORT fp32",
     "ort_int8": "ORT int8",
+    "ov_f32": "OpenVINO f32",
+    "ov_bf16": "OpenVINO bf16",
+    "ov_int8": "OpenVINO int8",
 }
+#: Runtime and precision of the ONNX backends: ``(runtime for score(), precision)``.
+BACKEND_RUNTIMES = {
+    "ort_fp32": ("onnx", "fp32"),
+    "ort_int8": ("onnx", "int8"),
+    "ov_f32": ("openvino", "fp32"),
+    "ov_bf16": ("openvino", "bf16"),
+    "ov_int8": ("openvino", "int8"),
+}
+#: Backends whose arithmetic differs from fp32 on purpose: checked against ORT fp32 with
+#: the sanity bounds below, never to the fp32 tolerance (bf16 keeps 8 bits of mantissa).
+REDUCED_PRECISION = ("ort_int8", "ov_bf16", "ov_int8")
 
 #: max |p - p_keras_predict| allowed per backend. tf.function runs the same TensorFlow
 #: kernels as predict (only float summation order may differ); the fp32 ONNX graph is
 #: checked to the export tolerance (docs/models.rst); int8 changes the arithmetic, so only a
 #: sanity bound applies (a broken graph gives differences of order 0.5).
-PARITY_TOLERANCE = {"keras_predict": 1e-6, "tf_function": 1e-5, "ort_fp32": 1e-4}
-#: Sanity bounds for int8 vs fp32 ONNX Runtime over all timed inputs. Accuracy is gated
+PARITY_TOLERANCE = {"keras_predict": 1e-6, "tf_function": 1e-5, "ort_fp32": 1e-4, "ov_f32": 1e-4}
+#: OpenVINO f32 runs the same graph with its own kernels (forced to f32: its CPU default
+#: is bf16 where the CPU has it), so it gets the fp32 export tolerance too.
+#: Sanity bounds for int8 (and bf16) vs fp32 ONNX Runtime over all timed inputs. Accuracy is gated
 #: by the exporter on validation data (docs/models.rst); this only catches a broken graph (a
 #: constant or unrelated output). Random-weight benchmark models quantize worse than
 #: trained ones (their images differ little in feature space), hence the loose bounds.

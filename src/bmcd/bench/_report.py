@@ -22,12 +22,15 @@ from ._parity import BACKEND_LABELS
 
 #: The quantities a speed target may name in its ``key``. ``{arch}`` is an architecture
 #: (in a target, ``{arch}`` alone stands for every architecture measured) and
-#: ``{precision}`` is ``fp32`` or ``int8``. Ratios are of images/s at the run's batch size.
+#: ``{precision}`` is ``fp32`` or ``int8`` (ONNX Runtime), or ``ov_f32``, ``ov_bf16``,
+#: ``ov_int8`` (OpenVINO). Ratios are of images/s at the run's batch size.
 TARGET_QUANTITIES = {
     "ratio_fp32_keras:{arch}": "ORT fp32 / keras predict, model only",
     "ratio_int8_fp32:{arch}": "ORT int8 / ORT fp32, model only",
     "ms_fp32_b1:{arch}": "ORT fp32 milliseconds per image at batch 1",
-    "ratio_e2e_model:{arch}:{precision}": "score (local engine) / model-only ORT",
+    "ratio_e2e_model:{arch}:{precision}": "score (local engine) / model-only, same backend",
+    "ratio_ov_bf16_fp32:{arch}": "OpenVINO bf16 / ORT fp32, model only",
+    "ratio_best_int8:{arch}": "best int8 (ORT or OpenVINO) / ORT int8, model only",
 }
 _KEY_PARTS = {k.split(":")[0]: k.count(":") for k in TARGET_QUANTITIES}
 _TARGET_OPS = (">=", "<=")
@@ -123,9 +126,18 @@ def _measured(report: dict[str, Any]) -> dict[str, float]:
             out[f"ratio_int8_fp32:{arch}"] = q["images_per_second"] / f["images_per_second"]
         if f1:
             out[f"ms_fp32_b1:{arch}"] = f1["ms_per_image"]
+        b = by.get((arch, "ov_bf16", bs))
+        if f and b:
+            out[f"ratio_ov_bf16_fp32:{arch}"] = b["images_per_second"] / f["images_per_second"]
+        o = by.get((arch, "ov_int8", bs))
+        if q and o:
+            best = max(q["images_per_second"], o["images_per_second"])
+            out[f"ratio_best_int8:{arch}"] = best / q["images_per_second"]
     for r in report["end_to_end"]:
         if r["engine"] == "local" and r.get("ratio_to_model_only"):
-            out[f"ratio_e2e_model:{r['arch']}:{r['precision']}"] = r["ratio_to_model_only"]
+            name = r.get("bench_backend", f"ort_{r['precision']}")
+            which = r["precision"] if name.startswith("ort_") else name
+            out[f"ratio_e2e_model:{r['arch']}:{which}"] = r["ratio_to_model_only"]
     return out
 
 
@@ -191,11 +203,15 @@ def format_report(report: dict[str, Any]) -> str:
             f"{c.get('wall_s', 0):.0f} s run (machine busy {_fmt(busy and 100 * busy, '.0f')}%)"
         )
     bs = s["batch_size"]
+    refs = {r.get("reference") for r in report["inference"]} or {"keras_predict"}
+    ref = refs.pop() if len(refs) == 1 else "keras_predict"
+    ref_label = BACKEND_LABELS.get(ref, ref)
+    short = {"keras_predict": "keras", "ort_fp32": "fp32"}.get(ref, "ref")
     lines += [
         "",
-        "inference, model only (images/s = batch / median call time; ratio vs keras predict)",
-        f"{'arch':13s} {'backend':14s} {f'img/s @{bs}':>10s} {f'x keras @{bs}':>11s} "
-        f"{'ms/img @1':>10s} {'x keras @1':>10s} {f'CPU ms/img @{bs}':>15s} {'max|dp|':>9s}"
+        f"inference, model only (images/s = batch / median call time; ratio vs {ref_label})",
+        f"{'arch':13s} {'backend':14s} {f'img/s @{bs}':>10s} {f'x {short} @{bs}':>11s} "
+        f"{'ms/img @1':>10s} {f'x {short} @1':>10s} {f'CPU ms/img @{bs}':>15s} {'max|dp|':>9s}"
         "  parity vs",
     ]
     by = {(r["arch"], r["backend"], r["batch_size"]): r for r in report["inference"]}
@@ -234,13 +250,14 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"end to end: bmcd.score over {n} BMP files on disk -> CSV, batch {bs} "
-            "(ratio vs model-only ORT, same precision, timed right before and after)",
-            f"{'arch':13s} {'precision':9s} {'engine':7s} {'img/s':>8s} {'seconds':>8s} "
+            "(ratio vs model-only, same backend and precision, timed right before and after)",
+            f"{'arch':13s} {'backend':14s} {'engine':7s} {'img/s':>8s} {'seconds':>8s} "
             f"{'x model-only':>12s} {'CPU ms/img':>10s}",
         ]
         for r in report["end_to_end"]:
+            label = r.get("label") or BACKEND_LABELS.get(f"ort_{r['precision']}", r["precision"])
             lines.append(
-                f"{r['arch']:13s} {r['precision']:9s} {r['engine']:7s} "
+                f"{r['arch']:13s} {label:14s} {r['engine']:7s} "
                 f"{_fmt(r['images_per_second']):>8s} {_fmt(r['seconds']):>8s} "
                 f"{_fmt(r.get('ratio_to_model_only'), '.2f'):>12s} "
                 f"{_fmt(r.get('cpu_ms_per_image'), '.2f'):>10s}"

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..artifact import KERAS_FILE, ONNX_FILE, ONNX_INT8_FILE, read_model_meta
+from ..artifact import read_model_meta
 from ..data import iter_image_files
 from ..errors import BenchError
 from ..labels import label_names
@@ -32,26 +32,26 @@ from ._machine import (
     matmul_gflops,
     process_cpu_seconds,
 )
-from ._models import default_cache_dir, ensure_bench_model, load_predictors
+from ._models import (
+    _BACKEND_FILES,
+    backend_available,
+    default_cache_dir,
+    ensure_bench_model,
+    load_predictors,
+)
 from ._parity import (
     BACKEND_LABELS,
+    BACKEND_RUNTIMES,
     BACKENDS,
     INT8_SANITY_MAX_ABS_DIFF,
     PARITY_TOLERANCE,
+    REDUCED_PRECISION,
     SCORE_PARITY_TOLERANCE,
     check_int8_sanity,
     check_parity,
 )
 from ._report import check_targets, evaluate_targets
 from ._timing import time_calls, time_interleaved
-
-#: The model file each backend needs.
-_BACKEND_FILES = {
-    "keras_predict": KERAS_FILE,
-    "tf_function": KERAS_FILE,
-    "ort_fp32": ONNX_FILE,
-    "ort_int8": ONNX_INT8_FILE,
-}
 
 
 def bench_inference(
@@ -71,7 +71,7 @@ def bench_inference(
     from another process slows all of them alike and the ratios stay fair. The reference
     is ``keras_predict`` when present, else the first predictor. Every timed call's output
     on every input is compared with the reference's output on the same input
-    (``PARITY_TOLERANCE``; int8 against fp32 with :func:`check_int8_sanity`).
+    (``PARITY_TOLERANCE``; int8 and bf16 against ORT fp32 with :func:`check_int8_sanity`).
     """
     rows: list[dict[str, Any]] = []
     names = list(predictors)
@@ -93,8 +93,14 @@ def bench_inference(
         base = results[ref_name][0].images_per_second
         for name in names:
             timing, outs = results[name]
-            if name == "ort_int8" and "ort_fp32" in results:
-                against, tol, what = results["ort_fp32"][1], INT8_SANITY_MAX_ABS_DIFF, "ORT fp32"
+            reduced = name in REDUCED_PRECISION or ref_name in REDUCED_PRECISION
+            if reduced and name != ref_name:
+                # against ORT fp32 when it ran, else the reference (itself reduced, or
+                # fp32 against a reduced reference): sanity bounds, not the fp32 tolerance
+                use_fp32 = "ort_fp32" in results and name in REDUCED_PRECISION
+                fp32 = "ort_fp32" if use_fp32 else ref_name
+                against, tol = results[fp32][1], INT8_SANITY_MAX_ABS_DIFF
+                what = BACKEND_LABELS.get(fp32, fp32)
                 common = [i for i in outs if i in against]
                 diffs = [
                     check_int8_sanity(name, [outs[i] for i in common], [against[i] for i in common])
@@ -192,6 +198,8 @@ def bench_score(
     workers: int | None = None,
     check: int = 16,
     predictor: Callable[[np.ndarray], np.ndarray] | None = None,
+    backend: str = "onnx",
+    backend_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run :func:`bmcd.scoring.score` once over ``files_dir``, timed, and check its CSV.
 
@@ -214,6 +222,8 @@ def bench_score(
         precision=precision,
         engine=engine,
         progress=False,
+        backend=backend,
+        backend_options=backend_options,
     )
     wall = time.perf_counter() - t0
     cpu1 = process_cpu_seconds()
@@ -224,9 +234,10 @@ def bench_score(
         precision=precision,
         predictor=predictor,
         check=check,
-        label=f"score ({engine}, {precision})",
+        label=f"score ({backend}, {engine}, {precision})",
     )
     return {
+        "backend": backend,
         "precision": precision,
         "engine": engine,
         "n_files": len(files),
@@ -256,6 +267,7 @@ def run_bench(
     e2e: bool = True,
     n_files: int = 2000,
     e2e_precisions: Sequence[str] = ("fp32", "int8"),
+    e2e_runtimes: Sequence[str] = ("onnx",),
     dask: bool | None = None,
     images: str | os.PathLike | None = None,
     model: str | os.PathLike | None = None,
@@ -279,7 +291,10 @@ def run_bench(
     e2e : bool
         Also time :func:`bmcd.scoring.score` over ``n_files`` files.
     e2e_precisions : sequence of str
-        Precisions scored end to end with the local engine.
+        Precisions scored end to end with the local engine (``"fp32"``, ``"bf16"``,
+        ``"int8"``; bf16 only with OpenVINO).
+    e2e_runtimes : sequence of str
+        Runtimes scored end to end: ``"onnx"`` and/or ``"openvino"``.
     dask : bool, optional
         Add a Dask local-cluster row (int8) beside the local engine. Default: when the
         ``scale`` extra is installed.
@@ -339,18 +354,19 @@ def run_bench(
         imgs = preprocess_batch(src_files[:64], config)
         if mdir is None:
             mdir = ensure_bench_model(arch, size, cache, imgs, rebuild=rebuild, log=say)
-        files_present = {b: (mdir / f).is_file() for b, f in _BACKEND_FILES.items()}
-        avail = [b for b in backends if files_present[b]]
-        skipped = [BACKEND_LABELS[b] for b in backends if not files_present[b]]
-        if skipped:
-            say(f"{arch}: skipping {', '.join(skipped)} (model file missing in {mdir})")
+        present = {b: backend_available(mdir, b, force_bf16=model is None) for b in backends}
+        avail = [b for b in backends if present[b][0]]
+        for b in backends:
+            if not present[b][0]:
+                say(f"{arch}: skipping {BACKEND_LABELS[b]} ({present[b][1]})")
         if not avail:
             raise BenchError(
                 f"'{mdir}' has none of {', '.join(dict.fromkeys(_BACKEND_FILES.values()))}; "
                 "expected a model directory written by Classifier.save() or `bmcd train`."
             )
         say(f"{arch} @ {size} px: inference, batch {batch_size} and 1 ...")
-        predictors = load_predictors(mdir, avail)
+        # bf16 without a gate only for the random-weight models (a gate means nothing there)
+        predictors = load_predictors(mdir, avail, force_bf16=model is None)
         rows = bench_inference(
             predictors,
             imgs,
@@ -365,14 +381,21 @@ def run_bench(
         if e2e:
             files_dir = cache / f"files-{n_files}"
             write_bench_files(src_files, files_dir, n_files)
-            runs = [(p, "local") for p in e2e_precisions if f"ort_{p}" in avail]
+            by_runtime = {v: k for k, v in BACKEND_RUNTIMES.items()}
+            runs = [
+                (by_runtime[(rt, p)], "local")
+                for rt in e2e_runtimes
+                for p in e2e_precisions
+                if by_runtime.get((rt, p)) in avail
+            ]
             if dask and "ort_int8" in avail:
-                runs.append(("int8", "dask"))
+                runs.append(("ort_int8", "dask"))
             mo_inputs = make_input_batches(imgs, batch_size, 4, seed=7)
             with tempfile.TemporaryDirectory(prefix="bmcd-bench-") as tmp:
-                for precision, engine in runs:
-                    say(f"  score {n_files} files, {precision}, engine {engine} ...")
-                    ort_fn = predictors[f"ort_{precision}"]
+                for name, engine in runs:
+                    runtime, precision = BACKEND_RUNTIMES[name]
+                    say(f"  score {n_files} files, {BACKEND_LABELS[name]}, engine {engine} ...")
+                    ort_fn = predictors[name]
                     # model-only ORT right before and right after the run, so that the
                     # ratio compares the same moments of a possibly shared machine
                     before, _ = time_calls(
@@ -381,17 +404,23 @@ def run_bench(
                     res = bench_score(
                         mdir,
                         files_dir,
-                        Path(tmp) / f"{precision}-{engine}.csv",
+                        Path(tmp) / f"{name}-{engine}.csv",
                         precision=precision,
                         engine=engine,
                         batch_size=batch_size,
                         predictor=ort_fn,
+                        backend=runtime,
+                        backend_options=(
+                            {"force_bf16": True} if precision == "bf16" and model is None else None
+                        ),
                     )
                     after, _ = time_calls(
                         ort_fn, mo_inputs, batch_size=batch_size, seconds=seconds, warmup=0
                     )
                     mo = (before.images_per_second + after.images_per_second) / 2
                     res.update(
+                        bench_backend=name,
+                        label=BACKEND_LABELS[name],
                         arch=arch,
                         image_size=size,
                         model_only_images_per_second=mo,

@@ -17,10 +17,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="compare Keras, tf.function and ONNX Runtime fp32/int8 throughput side by side",
+        help="compare Keras, tf.function, ONNX Runtime and OpenVINO throughput side by side",
         description=(
-            "Time Keras predict, a compiled tf.function, ONNX Runtime fp32 and ONNX Runtime "
-            "int8 on the same fresh inputs in one process (warm-up first, parity checked "
+            "Time Keras predict, a compiled tf.function, ONNX Runtime fp32 and int8 and "
+            "OpenVINO f32, bf16 and int8 (with bmcd[openvino]) on the same fresh inputs in one process (warm-up first, parity checked "
             "beside every timing), then bmcd score end to end over files on disk. Prints a "
             "table (images/s, ms/image at batch 1, ratio to Keras predict) and the machine. "
             "Without --model, random-weight models are built, exported and quantized once "
@@ -43,8 +43,23 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "--n-files", type=int, default=2000, help="files scored end to end (2000)"
     )
     p.add_argument(
-        "--e2e-precision", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"],
-        help="precisions scored end to end with the local engine (default: both)",
+        "--e2e-precision", nargs="+", default=["fp32", "int8"], choices=["fp32", "bf16", "int8"],
+        help="precisions scored end to end with the local engine (default: fp32 int8; bf16 "
+        "with OpenVINO only)",
+    )  # fmt: skip
+    p.add_argument(
+        "--e2e-backend", nargs="+", default=["onnx"], choices=["onnx", "openvino"],
+        help="runtimes scored end to end (default: onnx)",
+    )  # fmt: skip
+    p.add_argument(
+        "--backends", nargs="+", default=None, metavar="NAME",
+        help="model-only rows to time, some of: keras_predict tf_function ort_fp32 ort_int8 "
+        "ov_f32 ov_bf16 ov_int8 (default: all that can run here)",
+    )  # fmt: skip
+    p.add_argument(
+        "--targets", metavar="FILE",
+        help="speed goals to check: a .py file defining TARGETS (e.g. benchmarks/targets.py) "
+        "or a JSON list",
     )  # fmt: skip
     p.add_argument(
         "--no-dask", action="store_true",
@@ -79,6 +94,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             )
     if args.seconds <= 0:
         raise BmcdError(f"--seconds must be positive, received {args.seconds}.")
+    targets = bench.load_targets(args.targets) if args.targets else None  # fail early
+    backends = tuple(args.backends) if args.backends else bench.BACKENDS
+    unknown = [b for b in backends if b not in bench.BACKENDS]
+    if unknown:
+        raise BmcdError(f"--backends: unknown {unknown}; expected some of {list(bench.BACKENDS)}.")
     report = bench.run_bench(
         archs=args.arch,
         image_size=args.image_size,
@@ -87,6 +107,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         e2e=not args.no_e2e,
         n_files=args.n_files,
         e2e_precisions=args.e2e_precision,
+        e2e_runtimes=args.e2e_backend,
+        backends=backends,
+        targets=targets,
         dask=False if args.no_dask else None,
         images=args.images,
         model=args.model,

@@ -31,11 +31,16 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
             "Keras on preprocessed images (max |p_keras - p_onnx| and labels, at two batch "
             "sizes), and record the numbers in MODEL/bmcd.json. With --int8, also write "
             "MODEL/model.int8.onnx (ONNX Runtime static QDQ quantization) and gate it against "
-            "the fp32 model. A check that fails writes no file and exits with status 1."
+            "the fp32 model. With --bf16, gate OpenVINO bf16 against fp32 the same way (recorded in "
+            "MODEL/bmcd.json; the openvino backend runs bf16 only after a passed gate). A check "
+            "that fails writes no file (a failed bf16 gate is recorded) and exits with status 1."
         ),
     )
     p.add_argument("model", metavar="MODEL", help="model directory (bmcd.json + model.keras)")
     p.add_argument("--int8", action="store_true", help="also quantize to model.int8.onnx")
+    p.add_argument("--bf16", action="store_true",
+                   help="also gate OpenVINO bf16 against fp32 (needs bmcd[openvino] and a CPU "
+                   "with native bf16); the result is recorded in MODEL/bmcd.json")
     p.add_argument("--opset", type=int, default=None, metavar="N",
                    help="ONNX opset (default: 17, checked against the installed onnxruntime)")
     p.add_argument("--samples", metavar="DIR", default=None,
@@ -48,7 +53,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="int8 calibration images, ideally the training set (default: 200 "
                    "synthetic cells)")
     p.add_argument("--force", action="store_true",
-                   help="keep model.int8.onnx even if it fails its gate (recorded as forced)")
+                   help="keep model.int8.onnx / allow bf16 even if it fails its gate "
+                   "(recorded as forced)")
     p.add_argument("--rehash", action="store_true",
                    help="export nothing: record the sha256 of the exported files now in "
                    "MODEL (after replacing one on purpose), so loading accepts them")
@@ -100,4 +106,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
                   f"{g['f1_weighted_change']:+.4f})")
         if q["forced"]:
             print("  GATE FAILED: file kept because of --force (recorded as forced)")
+    if args.bf16:
+        from ..exporters.bf16 import format_bf16_gate, gate_bf16
+
+        print(format_bf16_gate(gate_bf16(args.model, samples=args.samples, force=args.force)))
     return EXIT_OK

@@ -69,9 +69,14 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     from ..runtimes import available_backends
 
     p.add_argument("--backend", default="keras", choices=available_backends(),
-                   help="inference backend (default: keras; onnx needs an exported model)")
-    p.add_argument("--int8", action="store_true",
-                   help="use the int8-quantised ONNX model (with --backend onnx)")
+                   help="inference backend (default: keras; onnx and openvino need an exported "
+                   "model)")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--int8", action="store_true",
+                      help="use the int8-quantised ONNX model (with --backend onnx or openvino)")
+    prec.add_argument("--bf16", action="store_true",
+                      help="run in bf16 (with --backend openvino, on a CPU with native bf16, "
+                      "after a passed gate: bmcd export MODEL --bf16)")
 
 
 def _load_classifier(args: argparse.Namespace):
@@ -79,10 +84,16 @@ def _load_classifier(args: argparse.Namespace):
 
     options = {}
     if args.int8:
-        if args.backend != "onnx":
+        if args.backend not in ("onnx", "openvino"):
             # a usage error (exit 2), found before the model is loaded
-            args.parser.error("--int8 needs --backend onnx (the Keras model is float32)")
+            args.parser.error(
+                f"--int8 needs --backend onnx or openvino (the {args.backend} model is float32)"
+            )
         options["precision"] = "int8"
+    if getattr(args, "bf16", False):
+        if args.backend != "openvino":
+            args.parser.error(f"--bf16 needs --backend openvino, received --backend {args.backend}")
+        options["precision"] = "bf16"
     return Classifier.load(args.model, backend=args.backend, **options)
 
 

@@ -49,7 +49,17 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         "--out", "-o", required=True, metavar="FILE",
         help="output CSV file, or - for standard output (the summary then goes to stderr)",
     )
-    p.add_argument("--int8", action="store_true", help="run model.int8.onnx")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--int8", action="store_true", help="run model.int8.onnx")
+    prec.add_argument(
+        "--bf16", action="store_true",
+        help="run model.onnx in bf16 (needs --backend openvino, a CPU with native bf16 and a "
+        "passed bf16 gate: bmcd export MODEL --bf16)",
+    )
+    p.add_argument(
+        "--backend", choices=["onnx", "openvino"], default="onnx",
+        help="inference runtime: onnx (ONNX Runtime, default) or openvino (bmcd[openvino])",
+    )
     p.add_argument(
         "--batch-size", type=_positive_int_arg, default=64, metavar="N",
         help="files per chunk (default 64)",
@@ -61,8 +71,14 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--threads", type=_positive_int_arg, default=None, metavar="N",
-        help="ONNX Runtime intra-op threads per session (default: local: CPU count, "
-        "without spinning; dask: cores / Dask threads per host)",
+        help="inference threads per session (ONNX Runtime intra-op, OpenVINO) (default: "
+        "local: CPU count / inference workers, without spinning; dask: cores / Dask threads "
+        "per host)",
+    )
+    p.add_argument(
+        "--inference-workers", type=_positive_int_arg, default=None, metavar="N",
+        help="local: chunks inferred at once (default: onnx 2 single-thread calls on 2+ "
+        "cores, 1 with --threads; openvino 1)",
     )
     p.add_argument(
         "--resume", action="store_true",
@@ -98,7 +114,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         resume=args.resume,
-        precision="int8" if args.int8 else "fp32",
+        precision="int8" if args.int8 else "bf16" if args.bf16 else "fp32",
+        backend=args.backend,
+        inference_workers=args.inference_workers,
         engine=engine,
         scheduler=args.scheduler,
         partition_size=args.partition_size,

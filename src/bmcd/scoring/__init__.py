@@ -1,8 +1,9 @@
 """Streaming batch scoring: many image files in, one CSV row per file out.
 
 :func:`score` lists the inputs once, lazily (folders, globs, files, CSV manifests), and
-streams them through the one preprocessing path and an ONNX Runtime session in chunks of
-``batch_size`` files, so memory does not grow with the number of files. Preprocessing of
+streams them through the one preprocessing path and an inference backend (ONNX Runtime or
+OpenVINO, ``backend=``) in chunks of ``batch_size`` files, so memory does not grow with
+the number of files. Preprocessing of
 the next chunks runs in a thread pool while ONNX Runtime infers the current one.
 
 Every input gets exactly one row in the output CSV::
@@ -51,7 +52,7 @@ from .._deps import optional_import
 from ..artifact import ModelMeta
 from ..errors import ConfigError, ConfigTypeError, DatasetError, OutputExistsError
 from ..preprocessing import IMAGE_EXTENSIONS, PreprocessConfig
-from ..runtimes.onnx import OnnxRuntimeBackend
+from ..runtimes import Backend, get_backend
 from ._inputs import MANIFEST_COLUMNS, iter_inputs, path_key
 from ._output import (
     STDOUT,
@@ -65,7 +66,7 @@ from ._output import (
 from ._pipeline import PREFETCH_CHUNKS
 from ._sink import LEGACY_COLUMNS, NO_CELL, OUTPUT_COLUMNS, CsvSink
 from .dask import run_dask
-from .local import default_local_threads, run_local
+from .local import default_inference_workers, default_local_threads, run_local
 
 __all__ = [
     "score",
@@ -82,6 +83,8 @@ __all__ = [
     "PREFETCH_CHUNKS",
     "ENGINES",
     "default_local_threads",
+    "default_inference_workers",
+    "SCORE_BACKENDS",
 ]
 
 DEFAULT_BATCH_SIZE = 64
@@ -162,26 +165,51 @@ class ScoreSummary:
 # ---------------------------------------------------------------------------------------
 
 
-def _resolve_backend(model: Any, precision: str, intra_op_threads: int | None) -> OnnxRuntimeBackend:
-    """An OnnxRuntimeBackend from a path, a backend, or a Classifier holding one."""
-    if isinstance(model, OnnxRuntimeBackend):
+#: Backends :func:`score` loads from a path (both read the exported ONNX files).
+SCORE_BACKENDS = ("onnx", "openvino")
+
+
+def _resolve_backend(
+    model: Any,
+    backend: str,
+    precision: str,
+    intra_op_threads: int | None,
+    options: dict[str, Any] | None = None,
+) -> Backend:
+    """A loaded :class:`~bmcd.runtimes.Backend`: the one given, the one a Classifier
+    holds, or one loaded from a path with ``backend`` (docs/scaling.rst)."""
+    if isinstance(model, Backend):
         return model
-    for attr in ("backend_", "_backend", "backend"):
+    for attr in ("backend_", "_backend"):
         inner = getattr(model, attr, None)
-        if isinstance(inner, OnnxRuntimeBackend):
+        if isinstance(inner, Backend):
             return inner
     if isinstance(model, (str, os.PathLike)):
-        return OnnxRuntimeBackend.load(
-            model, precision=precision, intra_op_threads=intra_op_threads, allow_spinning=False
+        if backend not in SCORE_BACKENDS:
+            raise ConfigError(
+                f"backend must be one of {list(SCORE_BACKENDS)} to score from a model path, "
+                f"received {backend!r}. Other backends: load the model yourself and pass it."
+            )
+        if precision == "bf16" and backend != "openvino":
+            raise ConfigError(
+                "precision='bf16' runs only with backend='openvino' (ONNX Runtime has no bf16 "
+                "CPU kernels); pass backend='openvino' (--backend openvino --bf16)."
+            )
+        opts = dict(options or {})
+        if backend == "onnx":
+            opts.setdefault("allow_spinning", False)  # waiting threads leave the cores
+        return get_backend(backend).load(
+            model, precision=precision, intra_op_threads=intra_op_threads, **opts
         )
     raise ConfigTypeError(
-        f"score() needs a model directory, an .onnx file, or a model loaded with the ONNX "
-        f"backend (Classifier.load(dir, backend='onnx')); received {type(model).__name__}."
+        f"score() needs a model directory, an .onnx file, or a loaded backend "
+        f"(bmcd.runtimes.Backend, or a Classifier holding one); received "
+        f"{type(model).__name__}."
     )
 
 
-def _model_config(backend: OnnxRuntimeBackend) -> tuple[PreprocessConfig, float]:
-    meta = ModelMeta.from_dict(backend.meta, source=str(backend.model_path))
+def _model_config(backend: Backend) -> tuple[PreprocessConfig, float]:
+    meta = ModelMeta.from_dict(backend.meta, source=str(getattr(backend, "model_path", backend)))
     return meta.preprocess, float(meta.threshold)
 
 
@@ -212,16 +240,20 @@ def score(
     *,
     connect_timeout: float = 5.0,
     retries: int = 3,
+    backend: str = "onnx",
+    backend_options: dict[str, Any] | None = None,
+    inference_workers: int | None = None,
 ) -> ScoreSummary:
     """Score image files with an exported ONNX model, streaming rows to a CSV.
 
     Parameters
     ----------
-    model : path or OnnxRuntimeBackend
+    model : path or Backend
         A model directory (uses ``model.onnx``, or ``model.int8.onnx`` with
-        ``precision="int8"``), a bare ``.onnx`` file carrying bmcd metadata, an
-        :class:`~bmcd.runtimes.onnx.OnnxRuntimeBackend`, or a Classifier loaded with the
-        ONNX backend.
+        ``precision="int8"``), a bare ``.onnx`` file carrying bmcd metadata, a loaded
+        :class:`~bmcd.runtimes.Backend` (e.g. an
+        :class:`~bmcd.runtimes.onnx.OnnxRuntimeBackend` or
+        :class:`~bmcd.runtimes.openvino.OpenVINOBackend`), or a Classifier holding one.
     inputs : path, glob, or iterable of them
         Folders (recursive), glob patterns, image files and CSV manifests, mixed; see
         :func:`iter_inputs`. Listed once, lazily; duplicates are scored once.
@@ -243,8 +275,10 @@ def score(
         CSV (nothing is written to it) or one written by another model (other sha256,
         precision, threshold or preprocessing in ``<out>.json``). Older five-column
         files are resumed with five columns.
-    precision : {"fp32", "int8"}
-        Which exported file of a model directory to run.
+    precision : {"fp32", "bf16", "int8"}
+        Which exported file of a model directory to run, and how. ``"bf16"`` needs
+        ``backend="openvino"``, a CPU with native bf16 and a passed bf16 gate
+        (``bmcd export MODEL --bf16``).
     engine : {"local", "dask"}
         Where to run; ``"dask"`` needs the ``scale`` extra.
     scheduler : str or distributed.Client, optional
@@ -253,16 +287,30 @@ def score(
     partition_size : int
         Dask engine: files per task.
     intra_op_threads : int, optional
-        ONNX Runtime threads per session. Local default: :func:`default_local_threads`
-        (the CPU count; the session does not spin, so waiting inference threads leave
-        the cores to preprocessing). Dask default: the host's CPU count divided by the Dask threads on that
-        host, so workers x threads <= cores. Ignored when ``model`` is already loaded.
+        Inference threads per session (ONNX Runtime intra-op, OpenVINO). Local default:
+        :func:`default_local_threads` (the CPU count) divided by ``inference_workers``; an
+        ONNX Runtime session does not spin, so waiting inference threads leave the cores to
+        preprocessing. Dask default: the host's CPU count divided by the Dask threads on
+        that host, so workers x threads <= cores. Ignored when ``model`` is already loaded.
     progress : bool
         Show a tqdm progress bar (images/s; partitions for Dask) when stderr is a terminal.
     connect_timeout : float
         Dask engine: seconds to wait for the scheduler (and for its first worker).
     retries : int
         Dask engine: extra attempts for a partition whose task raised.
+    backend : {"onnx", "openvino"}
+        The runtime that loads a model path (ignored when ``model`` is already loaded).
+        ``"openvino"`` needs the ``openvino`` extra.
+    backend_options : dict, optional
+        Extra keyword arguments for the backend's ``load`` (e.g. ``{"num_streams": 2}``
+        for OpenVINO fp32/bf16); Dask workers get them too.
+    inference_workers : int, optional
+        Local engine: chunks inferred at once, each with ``intra_op_threads`` threads
+        (default with ONNX Runtime from a model path without ``intra_op_threads``:
+        :func:`default_inference_workers`, 2 single-thread calls on 2+ cores; otherwise
+        1). ONNX Runtime shares one session between them; OpenVINO compiles one model per
+        worker (several streams of one compiled int8 model are refused), so for OpenVINO
+        it pays off only on long runs. A loaded backend is shared as it is.
 
     Returns
     -------
@@ -275,8 +323,7 @@ def score(
     ConfigError
         An argument is out of range (``batch_size``, ``engine`` ...); a ``ValueError``.
     ConfigTypeError
-        ``model`` is neither a path nor a model loaded with the ONNX backend; a
-        ``TypeError``.
+        ``model`` is neither a path nor a loaded backend; a ``TypeError``.
     ModelFormatError
         The model is missing or not a bmcd ONNX model.
     DatasetError
@@ -333,12 +380,29 @@ def score(
             f"{_shown(inputs)}. Nothing was scored."
         )
     paths = itertools.chain([first], paths)
+    from_path = isinstance(model, (str, os.PathLike))
+    n_infer = 1
     if engine == "local":
-        threads = intra_op_threads or default_local_threads()
+        if inference_workers is not None:
+            n_infer = _positive_int("inference_workers", inference_workers)
+        elif from_path and intra_op_threads is None and backend == "onnx":
+            # OpenVINO would need a second compiled model (several streams of one int8
+            # model are refused), which costs more CPU than it saves on runs of thousands
+            # of files (docs/benchmarks.rst, end to end); ask for it explicitly
+            n_infer = default_inference_workers()
+        threads = intra_op_threads or max(1, default_local_threads() // n_infer)
     else:  # the driver only reads the model's config; workers size their own sessions
         threads = 1
-    backend = _resolve_backend(model, precision, threads)
-    config, threshold = _model_config(backend)
+    loaded = _resolve_backend(model, backend, precision, threads, backend_options)
+    predictors = [loaded.predict_batch] * n_infer
+    if n_infer > 1 and from_path and loaded.name == "openvino":
+        # one compiled model per inference worker: requests of one single-stream model
+        # run one after the other
+        predictors[1:] = [
+            _resolve_backend(model, backend, precision, threads, backend_options).predict_batch
+            for _ in range(n_infer - 1)
+        ]
+    config, threshold = _model_config(loaded)
 
     lock = None
     if to_stdout:
@@ -353,7 +417,7 @@ def score(
     try:
         if not to_stdout:
             identity = model_identity(
-                backend.model_path, backend.meta, backend.precision, threshold,
+                loaded.model_path, loaded.meta, loaded.precision, threshold,
                 config.to_dict(),
             )
             output = prepare_output(out_path, resume, identity)
@@ -383,12 +447,13 @@ def score(
         try:
             if engine == "local":
                 peak, extra = run_local(
-                    backend, config, todo(), sink,
+                    loaded, config, todo(), sink,
                     batch_size=batch_size, workers=workers, progress=progress,
+                    predictors=predictors,
                 )
             else:
                 peak, extra = run_dask(
-                    backend, todo(), sink,
+                    loaded, todo(), sink, backend_options=backend_options,
                     batch_size=batch_size, partition_size=partition_size, workers=workers,
                     scheduler=scheduler, intra_op_threads=intra_op_threads,
                     progress=progress, connect_timeout=connect_timeout, retries=retries,

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import collections
 import itertools
+import queue
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import ImageReadError
+from ..errors import ConfigError, ImageReadError
 from ..preprocessing import PreprocessConfig, preprocess_with_info
 
 __all__ = ["Pipeline", "Row", "PREFETCH_CHUNKS", "batched", "progress_bar"]
@@ -68,16 +69,20 @@ def _preprocess_into(
 
 
 class Pipeline:
-    """Preprocess chunks in a thread pool while the previous chunk is being inferred.
+    """Preprocess chunks in a thread pool while earlier chunks are being inferred.
 
-    At most ``prefetch + 1`` chunks (and buffers) are alive: one being inferred and up to
-    ``prefetch`` being preprocessed. Buffers are reused, so memory is flat.
+    At most ``prefetch + 1`` chunks (and buffers) are alive: up to ``len(predict)`` being
+    inferred at once, the others being preprocessed. Buffers are reused, so memory is flat.
 
     Parameters
     ----------
-    predict : callable
+    predict : callable or sequence of callables
         ``(n, S, S, 3)`` float32 batch -> ``(n,)`` p(all), e.g.
-        :meth:`bmcd.runtimes.onnx.OnnxRuntimeBackend.predict_batch`.
+        :meth:`bmcd.runtimes.onnx.OnnxRuntimeBackend.predict_batch`. With several, that
+        many chunks are inferred at once, each by one of them (e.g. two single-thread
+        sessions on two cores: single-thread inference wastes less CPU on synchronisation
+        than one two-thread call; docs/benchmarks.rst). Each callable is used by one
+        thread at a time.
     config : PreprocessConfig
         The model's preprocessing.
     batch_size : int
@@ -85,7 +90,7 @@ class Pipeline:
     workers : int
         Preprocessing threads.
     prefetch : int
-        Chunks preprocessed ahead of the one being inferred.
+        Chunks alive besides the oldest one (preprocessed ahead, or inferred at once).
 
     Attributes
     ----------
@@ -97,18 +102,21 @@ class Pipeline:
 
     def __init__(
         self,
-        predict: Callable[[np.ndarray], np.ndarray],
+        predict: Callable[[np.ndarray], np.ndarray] | Sequence[Callable[[np.ndarray], np.ndarray]],
         config: PreprocessConfig,
         *,
         batch_size: int,
         workers: int,
         prefetch: int = PREFETCH_CHUNKS,
     ):
-        self.predict = predict
+        self.predictors = list(predict) if isinstance(predict, Sequence) else [predict]
+        if not self.predictors:
+            raise ConfigError("Pipeline needs at least one predict callable, received none.")
+        self.predict = self.predictors[0]
         self.config = config
         self.batch_size = int(batch_size)
         self.workers = int(workers)
-        self.prefetch = max(1, int(prefetch))
+        self.prefetch = max(1, int(prefetch), len(self.predictors) - 1)
         self.peak_in_flight = 0
         self.buffers_allocated = 0
         self._free: list[np.ndarray] = []
@@ -123,10 +131,24 @@ class Pipeline:
     def run(self, paths: Iterable[str]) -> Iterator[list[Row]]:
         """Yield the rows of each chunk, in input order."""
         chunks = batched(paths, self.batch_size)
-        pending: collections.deque = collections.deque()
+        # entries: [paths, buffer, preprocessing futures, inference future or None]
+        alive: collections.deque = collections.deque()
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="bmcd-prep")
+        n_infer = len(self.predictors)
+        infer_pool = (
+            ThreadPoolExecutor(max_workers=n_infer, thread_name_prefix="bmcd-infer")
+            if n_infer > 1
+            else None
+        )
+        idle: queue.SimpleQueue = queue.SimpleQueue()
+        for fn in self.predictors:
+            idle.put(fn)
+
+        held = 0  # chunks taken off ``alive`` whose buffer is still in use
 
         def submit() -> bool:
+            if len(alive) + held > self.prefetch:
+                return False
             batch = next(chunks, None)
             if batch is None:
                 return False
@@ -134,35 +156,69 @@ class Pipeline:
             futs = [
                 pool.submit(_preprocess_into, buf, i, p, self.config) for i, p in enumerate(batch)
             ]
-            pending.append((batch, buf, futs))
+            alive.append([batch, buf, futs, None])
+            self.peak_in_flight = max(self.peak_in_flight, len(alive) + held)
             return True
 
+        def infer(
+            batch: list[str], buf: np.ndarray, results: list[tuple[str | None, bool]]
+        ) -> list[Row]:
+            fn = idle.get()  # one chunk per predictor at a time
+            try:
+                return self._infer(fn, batch, buf, results)
+            finally:
+                idle.put(fn)
+
         try:
-            for _ in range(self.prefetch):
-                if not submit():
-                    break
-            while pending:
-                batch, buf, futs = pending.popleft()
-                results = [f.result() for f in futs]
-                # start preprocessing the next chunk before this one is inferred
-                submit()
-                self.peak_in_flight = max(self.peak_in_flight, len(pending) + 1)
-                yield self._infer(batch, buf, results)
+            while submit():
+                pass
+            while alive:
+                if infer_pool is None:
+                    batch, buf, futs, _ = alive.popleft()
+                    held = 1
+                    results = [f.result() for f in futs]
+                    submit()  # start preprocessing the next chunk before this one is inferred
+                    yield self._infer(self.predict, batch, buf, results)
+                    self._free.append(buf)
+                    held = 0
+                    continue
+                # start inferring the oldest preprocessed chunks, up to one per predictor
+                running = sum(1 for e in alive if e[3] is not None)
+                for entry in list(alive):
+                    if running >= n_infer:
+                        break
+                    if entry[3] is None:
+                        results = [f.result() for f in entry[2]]
+                        entry[3] = infer_pool.submit(infer, entry[0], entry[1], results)
+                        running += 1
+                batch, buf, _, fut = alive.popleft()
+                rows = fut.result()
                 self._free.append(buf)
+                submit()
+                yield rows
         finally:
+            for entry in alive:
+                if entry[3] is not None:
+                    entry[3].cancel()
+            if infer_pool is not None:
+                infer_pool.shutdown(wait=True, cancel_futures=True)
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _infer(
-        self, batch: list[str], buf: np.ndarray, results: list[tuple[str | None, bool]]
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        batch: list[str],
+        buf: np.ndarray,
+        results: list[tuple[str | None, bool]],
     ) -> list[Row]:
         n = len(batch)
         errors = [e for e, _ in results]
         ok = [i for i, e in enumerate(errors) if e is None]
         p = np.empty(n, dtype=np.float32)
         if len(ok) == n:
-            p[:] = self.predict(buf[:n])
+            p[:] = predict(buf[:n])
         elif ok:
-            p[ok] = self.predict(buf[ok])
+            p[ok] = predict(buf[ok])
         return [
             (path, float(p[i]), None, no_cell) if err is None else (path, None, err, False)
             for i, (path, (err, no_cell)) in enumerate(zip(batch, results, strict=True))

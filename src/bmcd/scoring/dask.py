@@ -7,9 +7,9 @@ pair per path. The driver writes the rows in input order (out-of-order partition
 a bounded window), flushing each, so the output and ``resume`` behave exactly as with the
 local engine.
 
-Each worker process loads the ONNX model once and keeps it (:func:`worker_backend`);
-ONNX Runtime gets ``host cores // Dask threads on that host`` intra-op threads, so
-workers x threads does not oversubscribe a machine.
+Each worker process loads the model once with the driver's backend (ONNX Runtime or
+OpenVINO) and keeps it (:func:`worker_backend`); the backend gets ``host cores // Dask
+threads on that host`` threads, so workers x threads does not oversubscribe a machine.
 
 Needs the ``scale`` extra (``dask[distributed]``); every ``distributed`` import is lazy.
 This module shares the pipeline, the CSV sink and the input listing with the local
@@ -34,7 +34,7 @@ from .._deps import optional_import
 from ..artifact import ModelMeta
 from ..errors import BmcdError, DatasetError, SchedulerUnavailableError
 from ..preprocessing import default_workers
-from ..runtimes.onnx import OnnxRuntimeBackend
+from ..runtimes import Backend, get_backend
 from ._pipeline import Pipeline, Row, batched, progress_bar
 from ._sink import CsvSink
 
@@ -44,7 +44,7 @@ __all__ = ["run_dask", "score_partition", "probe_worker", "worker_backend", "PRE
 #: any partition is submitted.
 PREFLIGHT_SAMPLE = 16
 
-# (model file, precision, threads, (mtime_ns, size)) -> OnnxRuntimeBackend, per process
+# (backend, model file, precision, threads, options, (mtime_ns, size)) -> Backend, per process
 _WORKER_BACKENDS: dict[tuple, Any] = {}
 _WORKER_LOCK = threading.Lock()
 
@@ -54,23 +54,45 @@ _WORKER_LOCK = threading.Lock()
 # ---------------------------------------------------------------------------------------
 
 
-def worker_backend(spec: dict[str, Any]) -> OnnxRuntimeBackend:
-    """This process's ONNX Runtime backend for ``spec``, created on first use.
+def worker_spec_options(backend: Backend, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The load options a worker needs to rebuild ``backend`` (besides file and threads)."""
+    opts = dict(options or {})
+    opts.pop("intra_op_threads", None)
+    if backend.name == "onnx":
+        opts["allow_spinning"] = False  # waiting threads leave the cores to preprocessing
+    elif backend.name == "openvino":
+        for attr in ("num_streams", "performance_hint", "cpu_pinning", "force_bf16"):
+            if hasattr(backend, attr):
+                opts.setdefault(attr, getattr(backend, attr))
+    return opts
 
-    The cache key includes the model file's mtime and size, so a long-lived worker picks
-    up a re-exported model instead of serving a stale session.
+
+def worker_backend(spec: dict[str, Any]) -> Backend:
+    """This process's backend for ``spec``, created on first use.
+
+    The cache key includes the backend, its options and the model file's mtime and size,
+    so a long-lived worker picks up a re-exported model (or another backend) instead of
+    serving a stale session. A backend that is neither ONNX Runtime nor OpenVINO travels
+    pickled in ``spec["instance"]``.
     """
+    if spec.get("instance") is not None:
+        return spec["instance"]
     threads = spec["threads"] or spec["threads_by_host"].get(socket.gethostname(), 1)
-    key = (spec["model_file"], spec["precision"], threads, spec["stamp"])
+    options = spec.get("options") or {}
+    name = spec.get("backend", "onnx")
+    key = (
+        name, spec["model_file"], spec["precision"], threads,
+        tuple(sorted((k, repr(v)) for k, v in options.items())), spec["stamp"],
+    )
     with _WORKER_LOCK:
         backend = _WORKER_BACKENDS.get(key)
         if backend is None:
-            backend = OnnxRuntimeBackend(
+            backend = get_backend(name)(
                 spec["model_file"],
                 spec["meta"],
                 precision=spec["precision"],
                 intra_op_threads=threads,
-                allow_spinning=False,  # waiting threads leave the cores to preprocessing
+                **options,
             )
             _WORKER_BACKENDS[key] = backend
     return backend
@@ -216,7 +238,7 @@ def _preflight(client, sample: list[str]) -> dict[str, int]:
 
 
 def run_dask(
-    backend: OnnxRuntimeBackend,
+    backend: Backend,
     paths: Iterator[str],
     sink: CsvSink,
     *,
@@ -228,6 +250,7 @@ def run_dask(
     progress: bool,
     connect_timeout: float,
     retries: int,
+    backend_options: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Score ``paths`` on Dask, writing rows in input order to ``sink``.
 
@@ -240,10 +263,11 @@ def run_dask(
     if first is None:  # nothing left to score: don't start a cluster
         return 0, {}
 
-    model_file = os.path.abspath(backend.model_path)
-    st = os.stat(model_file)
+    known = backend.name in ("onnx", "openvino") and hasattr(backend, "model_path")
+    model_file = os.path.abspath(backend.model_path) if known else None
+    st = os.stat(model_file) if known else None
     readable = [os.path.abspath(p) for p in first[1] if os.access(p, os.R_OK) and os.path.isfile(p)]
-    sample = [model_file, *readable[:PREFLIGHT_SAMPLE]]
+    sample = [model_file, *readable[:PREFLIGHT_SAMPLE]] if known else readable[:PREFLIGHT_SAMPLE]
 
     t_connect = time.perf_counter()
     client, cluster, own_client = _connect(distributed, scheduler, workers, connect_timeout)
@@ -253,12 +277,15 @@ def run_dask(
         threads_by_host = _preflight(client, sample)
         n_threads = sum(client.nthreads().values())
         spec = {
+            "backend": backend.name,
             "model_file": model_file,
             "meta": backend.meta,
-            "precision": backend.precision,
+            "precision": getattr(backend, "precision", "fp32"),
             "threads": intra_op_threads,
             "threads_by_host": threads_by_host,
-            "stamp": (st.st_mtime_ns, st.st_size),
+            "stamp": (st.st_mtime_ns, st.st_size) if known else None,
+            "options": worker_spec_options(backend, backend_options) if known else {},
+            "instance": None if known else backend,
         }
         window = max(4, 2 * n_threads)
         ac = distributed.as_completed(loop=client.loop)

@@ -1,20 +1,23 @@
 """The local engine behind ``bmcd.scoring.score(..., engine="local")``.
 
 This process runs the shared :class:`~bmcd.scoring._pipeline.Pipeline`: a preprocessing
-thread pool feeding one ONNX Runtime session, rows written chunk by chunk to the sink.
+thread pool feeding the backend (by default two single-thread inference calls at once on
+2+ cores), rows written chunk by chunk to the sink.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 from ..preprocessing import PreprocessConfig, default_workers
-from ..runtimes.onnx import OnnxRuntimeBackend
+from ..runtimes import Backend
 from ._pipeline import Pipeline, progress_bar
 from ._sink import CsvSink
 
-__all__ = ["run_local", "default_local_threads"]
+__all__ = ["run_local", "default_local_threads", "default_inference_workers"]
 
 
 def default_local_threads() -> int:
@@ -29,8 +32,18 @@ def default_local_threads() -> int:
     return default_workers()
 
 
+def default_inference_workers() -> int:
+    """Chunks the local engine infers at once by default: 2 where there are 2+ cores.
+
+    Each gets ``cores // 2`` inference threads (one each on 2 cores). Two single-thread
+    calls waste less CPU on synchronising threads than one two-thread call, and they
+    leave gaps that the preprocessing threads fill (docs/benchmarks.rst, end to end).
+    """
+    return 2 if default_workers() >= 2 else 1
+
+
 def run_local(
-    backend: OnnxRuntimeBackend,
+    backend: Backend,
     config: PreprocessConfig,
     paths: Iterable[str],
     sink: CsvSink,
@@ -38,14 +51,17 @@ def run_local(
     batch_size: int,
     workers: int | None,
     progress: bool,
+    predictors: Sequence[Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Score ``paths`` in this process, writing rows in input order to ``sink``.
 
+    ``predictors`` (default: ``[backend.predict_batch]``) infer that many chunks at once.
     Returns the peak number of chunks in flight (bounded by ``PREFETCH_CHUNKS + 1``) and
-    a dict of details (``buffers_allocated``).
+    a dict of details (``buffers_allocated``, ``inference_workers``).
     """
+    predictors = list(predictors) if predictors else [backend.predict_batch]
     pipe = Pipeline(
-        backend.predict_batch,
+        predictors,
         config,
         batch_size=batch_size,
         workers=workers or default_workers(),
@@ -54,4 +70,7 @@ def run_local(
         for rows in pipe.run(paths):
             sink.write_rows(rows)
             bar.update(len(rows))
-    return pipe.peak_in_flight, {"buffers_allocated": pipe.buffers_allocated}
+    return pipe.peak_in_flight, {
+        "buffers_allocated": pipe.buffers_allocated,
+        "inference_workers": len(predictors),
+    }
