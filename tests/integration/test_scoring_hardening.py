@@ -358,7 +358,7 @@ def test_threads_default_is_documented_as_what_the_code_does():
     sub = build_parser()._subparsers._group_actions[0].choices["score"]
     sub.print_help(buf)
     text = " ".join(buf.getvalue().split())
-    assert "CPU count - 1" not in text and "local: CPU count," in text
+    assert "CPU count - 1" not in text and "local: CPU count / inference workers," in text
     docs = (ROOT / "docs" / "scaling.rst").read_text()
     assert "minus one" not in docs
 

@@ -146,7 +146,7 @@ def test_dask_worker_builds_and_caches_the_drivers_backend(model_dir, cells):
     b = worker_backend(onnx_spec)
     assert isinstance(b, OnnxRuntimeBackend) and b is not a  # the key includes the backend
     res = score_partition(spec, paths[:9], 4)
-    np.testing.assert_allclose([p for p, _ in res], a.predict_batch(x[:9]), atol=1e-5)
+    np.testing.assert_allclose([r[0] for r in res], a.predict_batch(x[:9]), atol=1e-5)
 
 
 @pytest.mark.slow  # starts a Dask LocalCluster (worker processes)

@@ -79,20 +79,24 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                       "after a passed gate: bmcd export MODEL --bf16)")
 
 
+def _check_precision_args(args: argparse.Namespace) -> None:
+    """--int8 / --bf16 against --backend: a usage error (exit 2) before anything is loaded."""
+    if args.int8 and args.backend not in ("onnx", "openvino"):
+        args.parser.error(
+            f"--int8 needs --backend onnx or openvino (the {args.backend} model is float32)"
+        )
+    if getattr(args, "bf16", False) and args.backend != "openvino":
+        args.parser.error(f"--bf16 needs --backend openvino, received --backend {args.backend}")
+
+
 def _load_classifier(args: argparse.Namespace):
     from ..classifier import Classifier
 
     options = {}
+    _check_precision_args(args)
     if args.int8:
-        if args.backend not in ("onnx", "openvino"):
-            # a usage error (exit 2), found before the model is loaded
-            args.parser.error(
-                f"--int8 needs --backend onnx or openvino (the {args.backend} model is float32)"
-            )
         options["precision"] = "int8"
     if getattr(args, "bf16", False):
-        if args.backend != "openvino":
-            args.parser.error(f"--bf16 needs --backend openvino, received --backend {args.backend}")
         options["precision"] = "bf16"
     return Classifier.load(args.model, backend=args.backend, **options)
 
@@ -225,8 +229,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ..data import iter_image_files
     from ..errors import ImageReadError
 
-    if args.int8 and args.backend != "onnx":  # the usage error before any file is walked
-        args.parser.error("--int8 needs --backend onnx (the Keras model is float32)")
+    _check_precision_args(args)  # the usage error before any file is walked
     files: list[str] = []
     for item in args.images:
         path = Path(item)
