@@ -42,6 +42,15 @@ from ._evaluation import (
     ROC_PNG,
     EvaluationReport,
 )
+from ._intervals import (
+    INTERVAL_METRICS,
+    N_BOOTSTRAP,
+    binomial_upper_bound,
+    bootstrap_intervals,
+    p_spread,
+    reliability,
+    subject_table,
+)
 from ._scores import (
     UndefinedMetricWarning,
     apply_threshold,
@@ -62,6 +71,13 @@ __all__ = [
     "precision_recall_f1",
     "classification_metrics",
     "tune_threshold",
+    "INTERVAL_METRICS",
+    "N_BOOTSTRAP",
+    "binomial_upper_bound",
+    "bootstrap_intervals",
+    "p_spread",
+    "reliability",
+    "subject_table",
     "EvaluationReport",
     "METRICS_JSON",
     "ROC_PNG",
