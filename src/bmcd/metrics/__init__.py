@@ -38,6 +38,7 @@ from ._evaluation import (
     CONFUSION_PNG,
     CURVES_PNG,
     METRICS_JSON,
+    RELIABILITY_PNG,
     REPORT_HTML,
     ROC_PNG,
     EvaluationReport,
@@ -83,5 +84,6 @@ __all__ = [
     "ROC_PNG",
     "CONFUSION_PNG",
     "CURVES_PNG",
+    "RELIABILITY_PNG",
     "REPORT_HTML",
 ]

@@ -62,13 +62,50 @@ def binomial_upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
     return float(beta.ppf(float(confidence), k + 1, n - k))
 
 
-def _metric_values(t: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
-    from ._scores import classification_metrics
+def _resampled_metrics(t: np.ndarray, s: np.ndarray, threshold: float,
+                       w: np.ndarray) -> dict[str, np.ndarray]:
+    """The :data:`INTERVAL_METRICS` for a block of resamples given as cell weights.
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = classification_metrics(t, p, threshold)
-    return {k: float(m[k]) for k in INTERVAL_METRICS}
+    ``w`` (B, n) holds how often each cell is drawn in each of B resamples. The numbers are
+    those of :func:`~bmcd.metrics.classification_metrics` on the resampled cells (ratios with
+    a zero denominator are 0, ROC-AUC with one class NaN, ties count one half), computed
+    for all resamples at once; a unit test checks them against scikit-learn resample by
+    resample.
+    """
+    pos = t == 1
+    pred = s >= threshold
+    tp = w @ (pos & pred).astype(np.float64)
+    fn = w @ (pos & ~pred).astype(np.float64)
+    fp = w @ (~pos & pred).astype(np.float64)
+    tn = w @ (~pos & ~pred).astype(np.float64)
+    n_pos, n_neg = tp + fn, tn + fp
+    total = n_pos + n_neg
+    with np.errstate(divide="ignore", invalid="ignore"):
+        def div(a, b):
+            return np.where(b > 0, a / np.where(b > 0, b, 1.0), 0.0)
+
+        sens, spec = div(tp, n_pos), div(tn, n_neg)
+        f1_all, f1_hem = div(2 * tp, 2 * tp + fp + fn), div(2 * tn, 2 * tn + fn + fp)
+        present = (n_pos > 0).astype(float) + (n_neg > 0).astype(float)
+        balanced = div(sens * (n_pos > 0) + spec * (n_neg > 0), present)
+        # ROC-AUC: per distinct score, the weighted negatives strictly below + half of ties
+        order = np.argsort(s, kind="mergesort")
+        s_sorted = s[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]
+        w_sorted = w[:, order]
+        neg_d = np.add.reduceat(w_sorted * (~pos[order]), starts, axis=1)
+        pos_d = np.add.reduceat(w_sorted * pos[order], starts, axis=1)
+        below = np.cumsum(neg_d, axis=1) - neg_d
+        u = np.sum(pos_d * (below + 0.5 * neg_d), axis=1)
+        auc = np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+    return {
+        "roc_auc": auc,
+        "f1_weighted": div(f1_hem * n_neg + f1_all * n_pos, total),
+        "balanced_accuracy": balanced,
+        "sensitivity": sens,
+        "specificity": spec,
+        "accuracy": div(tp + tn, total),
+    }
 
 
 def bootstrap_intervals(
@@ -128,20 +165,23 @@ def bootstrap_intervals(
         else:
             groups = np.arange(t.size)
     n_units = int(groups.max(initial=-1) + 1)
-    members = [np.flatnonzero(groups == g) for g in range(n_units)]
     rng = np.random.default_rng(seed)
-    values = {k: [] for k in INTERVAL_METRICS}
-    for _ in range(int(n_boot)):
-        pick = rng.integers(0, n_units, n_units)
-        idx = np.concatenate([members[g] for g in pick]) if n_units else np.zeros(0, int)
-        if idx.size == 0:
-            continue
-        for k, v in _metric_values(t[idx], p[idx], threshold).items():
+    values: dict[str, list[np.ndarray]] = {k: [] for k in INTERVAL_METRICS}
+    # resamples in blocks of at most ~4M cell weights (memory stays small for big sets)
+    block = max(1, min(int(n_boot), 4_000_000 // max(1, t.size)))
+    done = 0
+    while n_units and done < int(n_boot):
+        b = min(block, int(n_boot) - done)
+        picks = rng.integers(0, n_units, (b, n_units))
+        counts = np.zeros((b, n_units))
+        np.add.at(counts, (np.repeat(np.arange(b), n_units), picks.reshape(-1)), 1.0)
+        for k, v in _resampled_metrics(t, p, float(threshold), counts[:, groups]).items():
             values[k].append(v)
+        done += b
     a = (1.0 - float(confidence)) / 2.0
     out: dict[str, list[float]] = {}
     for k, vs in values.items():
-        v = np.asarray(vs, dtype=np.float64)
+        v = np.concatenate(vs) if vs else np.zeros(0)
         v = v[np.isfinite(v)]
         # a metric undefined in more than half the resamples gets no interval
         if v.size < max(1, int(n_boot) // 2):
