@@ -220,8 +220,10 @@ def _export_quantize_score(clf, split, out: Path, model_dir: Path, *, precision:
         gate = int8["gate"]
         auc = (f", ROC-AUC {gate['roc_auc_fp32']:.4f} -> {gate['roc_auc_int8']:.4f}"
                if "roc_auc_int8" in gate else "")
-        say(f"      int8 gate passed: label agreement {gate['label_agreement']:.2%} with fp32"
-            f"{auc}")
+        say(f"      int8 gate passed: label agreement {gate['label_agreement']:.2%} with fp32 "
+            f"({gate['label_disagreements']} flipped, allowed {gate['allowed_label_flips']}: "
+            f"fp32 itself flips {gate.get('fp32_noise_label_flips', '?')} under +-1 gray "
+            f"level of noise){auc}")
     except ExportValidationError as exc:  # the demo goes on with the fp32 model
         int8, precision = None, "fp32"
         say(f"      int8 gate FAILED, scoring with fp32 instead: {exc}")
