@@ -70,8 +70,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description=(
             "Find the images in DATA, split them (by subject by default, so no patient is "
             "on two sides), train ARCH (frozen backbone, then fine-tuning; from scratch "
-            "with --weights none), evaluate on the test part at threshold 0.5 and write "
-            "OUT/ (model.keras, bmcd.json, report/)."
+            "with --weights none), tune the threshold on the validation part, evaluate "
+            "on the test part at that threshold and write OUT/ (model.keras, bmcd.json, "
+            "report/)."
         ),
     )
     p.add_argument("data", metavar="DATA", help="dataset folder or CSV manifest")
@@ -85,6 +86,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test", type=_fraction_arg, default=0.2, metavar="F",
                    help="test fraction (default: 0.2)")
     _add_training_settings(p)
+    p.add_argument("--threshold-rule", choices=["youden", "none"], default="youden",
+                   help="youden (default): tune the decision threshold on the validation "
+                        "part (never on the test part), recorded in bmcd.json; none: keep "
+                        "0.5")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)
@@ -113,7 +118,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         clf = Classifier(arch=args.arch, image_size=args.image_size, weights=args.weights,
                          seed=args.seed)
         config = TrainConfig.from_namespace(args, verbose=verbose)
-        result = train_and_evaluate(clf, split, args.out, config=config)
+        rule = None if args.threshold_rule == "none" else args.threshold_rule
+        result = train_and_evaluate(clf, split, args.out, config=config, threshold_rule=rule)
     except ValueError as exc:
         if isinstance(exc, BmcdError):
             raise

@@ -1,0 +1,107 @@
+"""Issue 13: threshold tuned on validation only, constant-model warning, per-subject scores.
+
+No TensorFlow: the training helpers are exercised with real datasets and reports and a
+plain object in place of the fitted classifier (they only read and set its threshold and
+``bmcd.json`` dictionary).
+"""
+
+from __future__ import annotations
+
+import csv
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+from bmcd.data import Dataset
+from bmcd.metrics import EvaluationReport, tune_threshold
+from bmcd.training import evaluate as tev
+
+
+def _val_dataset(n_per_subject: int = 10) -> Dataset:
+    names, labels = [], []
+    for s, c in (("1", "all"), ("3", "all"), ("H1", "hem"), ("H2", "hem")):
+        for i in range(n_per_subject):
+            names.append(f"UID_{s}_{i}_1_{c}.bmp")
+            labels.append(c)
+    return Dataset.from_arrays(names, labels)
+
+
+def _clf(threshold: float = 0.5):
+    return types.SimpleNamespace(threshold_=threshold, meta_={"threshold": threshold,
+                                                              "training": {}})
+
+
+def test_threshold_is_tuned_on_validation_and_recorded():
+    ds = _val_dataset()
+    rng = np.random.default_rng(0)
+    y = np.asarray(ds.labels)
+    p = np.clip(0.2 + 0.15 * y + rng.normal(0, 0.08, len(ds)), 0, 1)  # 'all' above ~0.35
+    rep = EvaluationReport.from_predictions(y, p, 0.5, subjects=ds.subjects)
+    clf = _clf()
+    out = tev._tune_threshold(clf, ds, rep, "youden")
+    thr = tune_threshold(y, p, method="youden")
+    assert clf.threshold_ == thr == clf.meta_["threshold"] == out.threshold != 0.5
+    tt = clf.meta_["training"]["threshold_tuning"]
+    assert tt["method"] == "youden" and tt["part"] == "validation" and tt["n"] == len(ds)
+    assert tt["previous"] == 0.5 and tt["subjects"] == ds.subject_list()
+    assert out.balanced_accuracy >= rep.balanced_accuracy  # Youden maximises it on these cells
+
+    clf = _clf()
+    tev._tune_threshold(clf, ds, rep, None)
+    assert clf.threshold_ == 0.5 and clf.meta_["training"]["threshold_tuning"]["method"] is None
+
+    with pytest.raises(ValueError, match="threshold_rule must be one of"):
+        tev.train_and_evaluate(clf, types.SimpleNamespace(val=[], test=[]), "x",
+                               threshold_rule="f1")
+
+
+def test_constant_validation_predictions_warn():
+    with pytest.warns(UserWarning, match=r"nearly one value .*std of p\(all\) .* < 0.01"):
+        tev._warn_if_constant(np.full(30, 0.73))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tev._warn_if_constant(np.linspace(0.1, 0.9, 30))
+
+
+def test_score_by_subject_writes_one_row_per_subject(tmp_path):
+    from bmcd.scoring._subjects import write_subject_table
+
+    scores = tmp_path / "scores.csv"
+    rows = [("a/UID_1_1_1_all.bmp", 0.9, "all"), ("a/UID_1_2_1_all.bmp", 0.4, "hem"),
+            ("b/UID_H2_1_1_hem.bmp", 0.2, "hem"), ("c/unnamed.png", 0.7, "all"),
+            ("b/UID_H2_2_1_hem.bmp", "", "")]  # a failed row (no p_all) is skipped
+    with open(scores, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "p_all", "label"])
+        w.writerows(rows)
+    out = tmp_path / "subjects.csv"
+    res = write_subject_table(scores, out, threshold=0.5)
+    got = list(csv.DictReader(open(out)))
+    assert [r["subject"] for r in got] == ["1", "H2", "?"]
+    one = got[0]
+    assert one["cells"] == "2" and float(one["mean_p_all"]) == pytest.approx(0.65)
+    assert float(one["frac_called_all"]) == 0.5 and one["call"] == "all"
+    assert got[1]["call"] == "hem" and got[1]["cells"] == "1"
+    assert res["subjects"] == 3 and res["cells"] == 4 and res["unknown_subject_cells"] == 1
+
+
+def test_cli_score_by_subject(tiny_onnx_model_dir, synthetic_small, tmp_path, capsys):
+    from bmcd.cli import main
+    from bmcd.data import load_dataset
+
+    out, subj = tmp_path / "scores.csv", tmp_path / "subjects.csv"
+    rc = main(["score", str(tiny_onnx_model_dir), str(synthetic_small), "--out", str(out),
+               "--by-subject", str(subj), "--no-progress"])
+    assert rc == 0
+    assert "per subject: 8 subject(s) from 80 cell(s)" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(subj)))
+    ds = load_dataset(synthetic_small)
+    assert sorted(r["subject"] for r in rows) == sorted(ds.subject_list())
+    assert sum(int(r["cells"]) for r in rows) == len(ds)
+    scored = list(csv.DictReader(open(out)))
+    for r in rows:  # each row is the mean of that subject's scored cells
+        ps = [float(x["p_all"]) for x in scored if f"UID_{r['subject']}_" in x["path"]]
+        assert float(r["mean_p_all"]) == pytest.approx(np.mean(ps), abs=1e-6)
+        assert r["call"] == ("all" if np.mean(ps) >= float(r["threshold"]) else "hem")
