@@ -246,8 +246,11 @@ class Classifier:
     def _config(self) -> PreprocessConfig:
         return ModelMeta.from_dict(self.meta_).preprocess
 
-    def _p_all(self, X: Any, batch_size: int = 32, progress: bool | None = None) -> np.ndarray:
+    def _p_all(self, X: Any, batch_size: int = 32, progress: bool | None = None,
+               tta: bool = False) -> np.ndarray:
         from tqdm.auto import tqdm
+
+        from .data import tta_views
 
         items, _ = _resolve_inputs(X)
         config = self._config()
@@ -257,7 +260,11 @@ class Classifier:
                   disable=True if len(items) <= chunk else progress) as bar:
             for start in range(0, len(items), chunk):
                 x = preprocess_batch(items[start : start + chunk], config)
-                out[start : start + len(x)] = self.backend_.predict_batch(x)
+                if tta:  # mean p(all) over the 8 flips/rotations (bmcd.data.tta_views)
+                    p = np.mean([self.backend_.predict_batch(v) for v in tta_views(x)], axis=0)
+                else:
+                    p = self.backend_.predict_batch(x)
+                out[start : start + len(x)] = p
                 bar.update(len(x))
         return out
 
@@ -413,7 +420,7 @@ class Classifier:
         return params
 
     # ---------------------------------------------------------------- prediction
-    def predict_proba(self, X: Any, batch_size: int = 32) -> np.ndarray:
+    def predict_proba(self, X: Any, batch_size: int = 32, tta: bool = False) -> np.ndarray:
         """Class probabilities, shape (n, 2), columns ordered like ``classes_`` (hem, all).
 
         Parameters
@@ -423,6 +430,9 @@ class Classifier:
             own :class:`PreprocessConfig`. Arrays may be uint8 or float (RGB).
         batch_size : int
             Hint for the preprocessing chunk; the backend batches on its own.
+        tta : bool, default False
+            Test-time augmentation: p(all) is the mean over the 8 flips/rotations of each
+            image (:data:`bmcd.data.TTA_VIEWS`), so it costs 8 model runs per image.
 
         Returns
         -------
@@ -430,16 +440,16 @@ class Classifier:
             ``[:, 1]`` is p(all); rows sum to 1.
         """
         self._check_fitted("predict")
-        p = self._p_all(X, batch_size=batch_size)
+        p = self._p_all(X, batch_size=batch_size, tta=tta)
         return np.stack([1.0 - p, p], axis=1)
 
-    def predict(self, X: Any, batch_size: int = 32) -> np.ndarray:
+    def predict(self, X: Any, batch_size: int = 32, tta: bool = False) -> np.ndarray:
         """Labels ``"all"`` / ``"hem"``: ``"all"`` where p(all) >= ``threshold_``.
 
-        Accepts the same ``X`` as :meth:`predict_proba`.
+        Accepts the same ``X`` and ``tta`` as :meth:`predict_proba`.
         """
         self._check_fitted("predict")
-        p = self._p_all(X, batch_size=batch_size)
+        p = self._p_all(X, batch_size=batch_size, tta=tta)
         return label_names(p, self.threshold_)
 
     # ---------------------------------------------------------------- evaluation
@@ -448,6 +458,7 @@ class Classifier:
         data: Any,
         batch_size: int = 32,
         dataset_info: dict[str, Any] | None = None,
+        tta: bool = False,
     ):
         """Score labelled data at ``threshold_``; returns an :class:`~bmcd.metrics.EvaluationReport`.
 
@@ -458,11 +469,15 @@ class Classifier:
         batch_size : int
         dataset_info : dict, optional
             Extra description for the report, e.g. ``{"synthetic": True}`` (adds a banner).
+        tta : bool, default False
+            Mean p(all) over the 8 flips/rotations (see :meth:`predict_proba`); the report's
+            dataset description says so.
 
         Returns
         -------
         EvaluationReport
-            With the training history, the model description and per-subject counts.
+            With the training history, the model description, the per-subject table and
+            95% intervals by bootstrap over subjects.
         """
         from .metrics import EvaluationReport
 
@@ -470,8 +485,10 @@ class Classifier:
         ds = _as_dataset(data, "data")
         if len(ds) == 0:
             raise DatasetError("Cannot evaluate on an empty dataset.")
-        p = self._p_all(ds, batch_size=batch_size)
+        p = self._p_all(ds, batch_size=batch_size, tta=tta)
         info = _describe_dataset(ds)
+        if tta:
+            info["tta"] = "mean p(all) over the 8 flips/rotations"
         info.update(dataset_info or {})
         return EvaluationReport.from_predictions(
             ds.labels, p, threshold=self.threshold_, subjects=[

@@ -105,3 +105,68 @@ def test_cli_score_by_subject(tiny_onnx_model_dir, synthetic_small, tmp_path, ca
         ps = [float(x["p_all"]) for x in scored if f"UID_{r['subject']}_" in x["path"]]
         assert float(r["mean_p_all"]) == pytest.approx(np.mean(ps), abs=1e-6)
         assert r["call"] == ("all" if np.mean(ps) >= float(r["threshold"]) else "hem")
+
+
+def _weighted_mean_model(out_dir, S: int = 32):
+    """p_all = sigmoid(mean(image * W) / 40 - 2) with a fixed random W: not invariant to
+    flips or rotations, so test-time augmentation changes its output."""
+    import onnx
+    from _tiny_models import TINY_IR_VERSION, TINY_OPSET
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bmcd.artifact import ONNX_FILE, new_model_json, onnx_metadata, write_model_json
+    from bmcd.preprocessing import PreprocessConfig
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    w = np.random.default_rng(11).uniform(0, 2, (1, S, S, 3)).astype(np.float32)
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", S, S, 3])
+    y = helper.make_tensor_value_info("p_all", TensorProto.FLOAT, ["N", 1])
+    inits = [numpy_helper.from_array(w, "w"),
+             helper.make_tensor("scale", TensorProto.FLOAT, [], [1 / 40]),
+             helper.make_tensor("bias", TensorProto.FLOAT, [], [-2.0])]
+    nodes = [
+        helper.make_node("Mul", ["image", "w"], ["xw"]),
+        helper.make_node("ReduceMean", ["xw"], ["m"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Flatten", ["m"], ["m2"], axis=1),
+        helper.make_node("Mul", ["m2", "scale"], ["z0"]),
+        helper.make_node("Add", ["z0", "bias"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["p_all"]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "wmean", [x], [y], initializer=inits),
+                              opset_imports=[helper.make_opsetid("", TINY_OPSET)])
+    model.ir_version = TINY_IR_VERSION
+    meta = new_model_json(arch="tiny-wmean", preprocess=PreprocessConfig(image_size=S))
+    for k, v in onnx_metadata(meta).items():
+        e = model.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(model, str(out_dir / ONNX_FILE))
+    write_model_json(out_dir, meta)
+    return out_dir
+
+
+def test_tta_is_the_mean_over_the_8_orientations(synthetic_small, tmp_path):
+    pytest.importorskip("onnx")
+    from bmcd import Classifier
+    from bmcd.data import load_dataset, tta_views
+    from bmcd.preprocessing import preprocess_batch
+
+    clf = Classifier.load(_weighted_mean_model(tmp_path / "m"), backend="onnx")
+    ds = load_dataset(synthetic_small)
+    paths = ds.absolute_paths()[:6]
+    x = preprocess_batch(paths, clf._config())
+    # the 8 orientations made independently of bmcd.data.apply_transform
+    views = [np.rot90(x, k, axes=(1, 2)) for k in range(4)]
+    views += [np.flip(v, axis=2) for v in views]
+    ref = np.mean([clf.backend_.predict_batch(np.ascontiguousarray(v)) for v in views], axis=0)
+    plain = clf.predict_proba(paths)[:, 1]
+    p = clf.predict_proba(paths, tta=True)[:, 1]
+    np.testing.assert_allclose(p, ref, atol=1e-6)
+    assert np.max(np.abs(p - plain)) > 1e-3  # the model is not invariant: TTA matters
+    # the set of views is the same whatever the orientation of the input
+    mine = sorted(tuple(np.round(v[0, :2, :2, 0], 3).ravel()) for v in tta_views(x))
+    theirs = sorted(tuple(np.round(v[0, :2, :2, 0], 3).ravel()) for v in views)
+    assert mine == theirs
+    labels = clf.predict(paths, tta=True)
+    assert list(labels) == ["all" if v >= clf.threshold_ else "hem" for v in p]
+    rep = clf.evaluate(ds.subset(np.arange(len(ds)) % 7 == 0), tta=True)
+    assert "8 flips/rotations" in rep.dataset_info["tta"]

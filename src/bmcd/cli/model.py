@@ -143,13 +143,16 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write metrics.json, plots and report.html here")
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: mean p(all) over the 8 flips/rotations "
+                        "(8x the compute)")
     _add_backend_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     clf = _load_classifier(args)
-    report = clf.evaluate(args.data, batch_size=args.batch_size)
+    report = clf.evaluate(args.data, batch_size=args.batch_size, tta=args.tta)
     if report.synthetic:
         print("NOTE: these data are SYNTHETIC; the scores check the pipeline only.")
     print(report.to_markdown())
@@ -172,6 +175,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help="model directory")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: mean p(all) over the 8 flips/rotations "
+                        "(8x the compute)")
     _add_backend_args(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -198,13 +204,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for start in range(0, len(files), chunk):
         group = files[start : start + chunk]
         try:
-            probs = clf.predict_proba(group, batch_size=args.batch_size)[:, 1]
+            probs = clf.predict_proba(group, batch_size=args.batch_size, tta=args.tta)[:, 1]
             rows = list(zip(group, probs, strict=True))
         except ImageReadError:
             rows = []
             for f in group:  # find the unreadable ones, keep the rest
                 try:
-                    rows.append((f, clf.predict_proba([f])[0, 1]))
+                    rows.append((f, clf.predict_proba([f], tta=args.tta)[0, 1]))
                 except ImageReadError as exc:
                     failed += 1
                     print(f"bmcd predict: {exc}", file=sys.stderr)

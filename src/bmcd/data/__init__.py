@@ -26,6 +26,7 @@ from ._discovery import load_dataset, resolve_image_paths
 from ._files import is_image_file, iter_image_files
 from ._names import LAYOUTS, TRANSFORMS, parse_label, parse_subject
 from ._splits import Split, split_by_subject, split_given, split_random
+from ._tta import TTA_VIEWS, tta_views
 
 __all__ = [
     "CLASSES",
@@ -41,6 +42,8 @@ __all__ = [
     "split_given",
     "balance_augment",
     "apply_transform",
+    "TTA_VIEWS",
+    "tta_views",
     "class_weights",
     "is_image_file",
     "iter_image_files",
