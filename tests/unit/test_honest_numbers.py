@@ -170,3 +170,25 @@ def test_tta_is_the_mean_over_the_8_orientations(synthetic_small, tmp_path):
     assert list(labels) == ["all" if v >= clf.threshold_ else "hem" for v in p]
     rep = clf.evaluate(ds.subset(np.arange(len(ds)) % 7 == 0), tta=True)
     assert "8 flips/rotations" in rep.dataset_info["tta"]
+
+
+def test_subject_folds_keep_subjects_and_linked_subjects_together():
+    from bmcd.data import Dataset, subject_folds
+
+    names, labels = [], []
+    for s, c in [("1", "all"), ("3", "all"), ("4", "all"), ("5", "all"), ("H2", "hem"),
+                 ("H4", "hem"), ("H5", "hem"), ("H6", "hem"), ("H7", "hem")]:
+        for i in range(6):
+            names.append(f"UID_{s}_{i}_1_{c}.bmp")
+            labels.append(c)
+    ds = Dataset.from_arrays(names, labels)
+    folds = subject_folds(ds, folds=3, seed=0)
+    seen = []
+    for train, test in folds:
+        assert not set(train.subject_list()) & set(test.subject_list())
+        linked = {"H2", "H4", "H5"} & set(test.subject_list())
+        assert linked in (set(), {"H2", "H4", "H5"})
+        seen += test.subject_list()
+    assert sorted(seen) == sorted(ds.subject_list())  # each subject tested exactly once
+    with pytest.raises(ValueError, match="folds <= subject groups"):
+        subject_folds(ds, folds=8)
