@@ -287,7 +287,7 @@ class Classifier:
         validation : same, optional
             Validation data for early stopping and the validation curves. Use other
             subjects than ``train`` (see :func:`bmcd.data.split_by_subject`).
-        config : TrainConfig, optional
+        config : bmcd.training.config.TrainConfig, optional
             The training settings (epochs, learning rates, fine-tuning, balancing,
             augmentation, early stopping, cache, checkpoints ...); default
             ``TrainConfig()``. See :class:`bmcd.training.TrainConfig` for each one. With

@@ -87,10 +87,10 @@ def cross_validate(
         Folder for ``cv.json`` and ``cv.md``.
     verbose : int
         Keras verbosity of each fit (0 silent).
-    config : TrainConfig, optional
+    config : bmcd.training.config.TrainConfig, optional
         The training settings (``train_settings`` are merged over it).
     **train_settings
-        :class:`~bmcd.training.TrainConfig` fields (epochs, learning_rate, ...).
+        :class:`~bmcd.training.config.TrainConfig` fields (epochs, learning_rate, ...).
 
     Returns
     -------

@@ -363,7 +363,7 @@ def quantize_int8(
         Largest accepted ``|ROC-AUC change|`` when labels are known (default
         :data:`INT8_MAX_AUC_CHANGE`, 0.01). Every gate also refuses a vacuous check: fp32
         p(all) with a standard deviation below :data:`MIN_P_ALL_STD` on the samples.
-    config : QuantizeConfig, optional
+    config : bmcd.exporters.quantize.QuantizeConfig, optional
         All the settings above in one object, instead of the keywords (which must then be
         left at their defaults).
 

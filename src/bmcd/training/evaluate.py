@@ -60,7 +60,7 @@ def train_and_evaluate(
         Unfitted.
     split : bmcd.data.Split
     model_dir : path
-    config : TrainConfig, optional
+    config : bmcd.training.config.TrainConfig, optional
         The training settings (default: ``TrainConfig()``).
     dataset_info : dict, optional
         Added to the reports (e.g. ``{"synthetic": True}``).

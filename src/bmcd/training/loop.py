@@ -88,7 +88,7 @@ def train_model(
         A key of :data:`~bmcd.training.ARCHITECTURES`.
     pretrained : bool
         Whether the backbone starts from pretrained weights (two phases) or not (one).
-    config : TrainConfig, optional
+    config : bmcd.training.config.TrainConfig, optional
         The training settings (default: ``TrainConfig()``).
     seed : int
         Seeds shuffling, balancing and augmentation.
@@ -96,9 +96,9 @@ def train_model(
         Any :class:`~bmcd.training.TrainConfig` field, merged over ``config``
         (``epochs=3``, ``learning_rate=1e-4`` ...).
 
-    Phases
-    ------
-    With a pretrained backbone (``pretrained=True``):
+    Notes
+    -----
+    The phases. With a pretrained backbone (``pretrained=True``):
 
     1. ``"head"``: the backbone is frozen (its BatchNorm layers run in inference mode) and
        only the head trains, ``epochs`` epochs at ``learning_rate``;
