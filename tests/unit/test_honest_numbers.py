@@ -51,6 +51,13 @@ def test_threshold_is_tuned_on_validation_and_recorded():
     clf = _clf()
     tev._tune_threshold(clf, ds, rep, None)
     assert clf.threshold_ == 0.5 and clf.meta_["training"]["threshold_tuning"]["method"] is None
+    # a (nearly) constant model: nothing to tune, the threshold stays and the record says why
+    flat = EvaluationReport.from_predictions(y, np.full(len(y), 0.4986), 0.5,
+                                             subjects=ds.subjects)
+    clf = _clf()
+    tev._tune_threshold(clf, ds, flat, "youden")
+    tt = clf.meta_["training"]["threshold_tuning"]
+    assert clf.threshold_ == 0.5 and tt["method"] is None and "constant" in tt["note"]
 
     with pytest.raises(ValueError, match="threshold_rule must be one of"):
         tev.train_and_evaluate(clf, types.SimpleNamespace(val=[], test=[]), "x",

@@ -154,6 +154,10 @@ def _tune_threshold(clf, val, val_report, rule: str | None):
     elif len(np.unique(y)) < 2:
         tuning.update(threshold=float(clf.threshold_), method=None,
                       note="the validation part has one class: threshold kept as given")
+    elif not float(np.std(val_report.p_all)) >= MIN_VALIDATION_P_STD:
+        tuning.update(threshold=float(clf.threshold_), method=None,
+                      note=f"validation p(all) is (nearly) constant (std < "
+                           f"{MIN_VALIDATION_P_STD:g}): threshold kept as given")
     else:
         thr = float(tune_threshold(y, val_report.p_all, method=rule))
         tuning.update(threshold=thr, previous=float(clf.threshold_),
