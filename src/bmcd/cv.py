@@ -22,7 +22,7 @@ import numpy as np
 
 from .artifact import atomic_write_bytes
 from .errors import DatasetError
-from .metrics import EvaluationReport, INTERVAL_METRICS
+from .metrics import INTERVAL_METRICS, EvaluationReport
 from .metrics._evaluation import jsonable
 
 __all__ = ["cross_validate", "cv_markdown", "CV_JSON", "CV_MARKDOWN"]

@@ -118,9 +118,9 @@ def _weighted_mean_model(out_dir, S: int = 32):
     """p_all = sigmoid(mean(image * W) / 40 - 2) with a fixed random W: not invariant to
     flips or rotations, so test-time augmentation changes its output."""
     import onnx
-    from _tiny_models import TINY_IR_VERSION, TINY_OPSET
     from onnx import TensorProto, helper, numpy_helper
 
+    from _tiny_models import TINY_IR_VERSION, TINY_OPSET
     from bmcd.artifact import ONNX_FILE, new_model_json, onnx_metadata, write_model_json
     from bmcd.preprocessing import PreprocessConfig
 

@@ -284,7 +284,7 @@ def test_report_per_subject(report):
 
 def test_report_subject_call_and_fraction(report):
     ps = report.per_subject
-    for i, (s, r) in enumerate(ps.items()):
+    for s, r in ps.items():
         idx = [j for j, x in enumerate(report.subjects) if x == s]
         p = report.p_all[idx]
         assert r["mean_p_all"] == pytest.approx(p.mean())

@@ -66,12 +66,6 @@ def _predict(backend, x: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(out).astype(np.float32) if out else np.empty(0, np.float32)
 
 
-def _spread(p: np.ndarray) -> dict[str, float]:
-    from ..metrics import p_spread
-
-    return p_spread(p)
-
-
 def gate_bf16(
     model_dir: str | os.PathLike,
     samples: Any = None,

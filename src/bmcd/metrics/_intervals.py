@@ -14,7 +14,6 @@ The conventions are those of :mod:`bmcd.metrics`.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
