@@ -100,12 +100,20 @@ def interval_note(report: EvaluationReport) -> str:
     iv = report.intervals
     if not iv:
         return "No intervals (no cells)."
+    per = iv.get("units_per_class") or {}
+    few = ""
+    if per and min(per.values()) < 5:
+        few = (f" Only {per.get('hem', 0)} 'hem' and {per.get('all', 0)} 'all' "
+               f"{iv.get('unit', 'unit')}s: too few for the intervals to show how other "
+               f"{iv.get('unit', 'unit')}s would score.")
     if iv.get("unit") == "subject":
         return (f"95% intervals: percentile bootstrap over the {iv['n_units']} subjects "
-                f"({iv['n_boot']} resamples; a subject's cells are drawn together).")
+                f"({iv['n_boot']} resamples within each class; a subject's cells are drawn "
+                f"together).{few}")
     return (f"95% intervals: percentile bootstrap over the {iv['n_units']} cells "
-            f"({iv['n_boot']} resamples) because no subject is known; cells of one patient "
-            f"are alike, so these intervals are too narrow for new patients.")
+            f"({iv['n_boot']} resamples within each class) because no subject is known; "
+            f"cells of one patient are alike, so these intervals are too narrow for new "
+            f"patients.{few}")
 
 
 # --------------------------------------------------------------------------- history

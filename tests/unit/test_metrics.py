@@ -462,3 +462,18 @@ def test_import_is_light():
         "assert not bad, bad; assert bmcd.EvaluationReport is bmcd.metrics.EvaluationReport"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_intervals_are_stratified_and_flag_few_subjects():
+    from bmcd.metrics import bootstrap_intervals
+
+    y = np.array([1] * 20 + [0] * 20)
+    p = np.r_[np.linspace(0.3, 0.95, 20), np.linspace(0.05, 0.6, 20)]
+    two = bootstrap_intervals(y, p, 0.5, subjects=["3"] * 20 + ["H1"] * 20, n_boot=200)
+    m = classification_metrics(y, p, 0.5)
+    # one subject per class: every resample is the data itself (no made-up 0 sensitivity)
+    for k in ("roc_auc", "sensitivity", "specificity", "f1_weighted"):
+        assert two["metrics"][k] == pytest.approx([m[k], m[k]]), k
+    assert two["units_per_class"] == {"hem": 1, "all": 1}
+    rep = EvaluationReport.from_predictions(y, p, 0.5, subjects=["3"] * 20 + ["H1"] * 20)
+    assert "Only 1 'hem' and 1 'all' subjects: too few" in rep.to_markdown()

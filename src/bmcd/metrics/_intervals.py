@@ -118,8 +118,11 @@ def bootstrap_intervals(
 ) -> dict[str, Any]:
     """Percentile bootstrap intervals of the headline metrics, over subjects when known.
 
-    Each resample draws whole subjects with replacement (all their cells come along), so
-    the interval reflects how much the numbers would move on other patients. Without
+    Each resample draws whole subjects with replacement (all their cells come along),
+    within each class (a subject's majority class), so the interval reflects how much the
+    numbers would move on other patients and every resample has both classes. With few
+    subjects of a class (``units_per_class``) the interval cannot show their variation:
+    one subject per class gives a zero-width interval. Without
     subjects (or with a single one) cells are resampled instead, and ``unit`` says
     ``"cell"``: such an interval is too narrow when cells of one patient are alike.
 
@@ -135,7 +138,8 @@ def bootstrap_intervals(
     Returns
     -------
     dict
-        ``unit`` ("subject" or "cell"), ``n_units``, ``n_boot``, ``confidence``, ``method``
+        ``unit`` ("subject" or "cell"), ``n_units``, ``units_per_class`` {hem, all},
+        ``n_boot``, ``confidence``, ``method``
         and ``metrics``: {name: [low, high]} for :data:`INTERVAL_METRICS` (NaN where a
         metric is undefined in too many resamples, e.g. ROC-AUC with one class).
 
@@ -164,6 +168,14 @@ def bootstrap_intervals(
         else:
             groups = np.arange(t.size)
     n_units = int(groups.max(initial=-1) + 1)
+    # stratified by class: each resample draws as many units of each class (a unit's
+    # majority class; C-NMC subjects are all of one class) as the data hold, so every
+    # resample has both classes and ROC-AUC, sensitivity and specificity stay defined
+    unit_pos = np.bincount(groups, weights=t, minlength=n_units)
+    unit_n = np.bincount(groups, minlength=n_units)
+    unit_class = (unit_pos * 2 >= unit_n).astype(int) if n_units else np.zeros(0, int)
+    strata = [np.flatnonzero(unit_class == c) for c in (0, 1)]
+    strata = [u for u in strata if u.size]
     rng = np.random.default_rng(seed)
     values: dict[str, list[np.ndarray]] = {k: [] for k in INTERVAL_METRICS}
     # resamples in blocks of at most ~4M cell weights (memory stays small for big sets)
@@ -171,9 +183,10 @@ def bootstrap_intervals(
     done = 0
     while n_units and done < int(n_boot):
         b = min(block, int(n_boot) - done)
-        picks = rng.integers(0, n_units, (b, n_units))
         counts = np.zeros((b, n_units))
-        np.add.at(counts, (np.repeat(np.arange(b), n_units), picks.reshape(-1)), 1.0)
+        for units in strata:
+            picks = units[rng.integers(0, units.size, (b, units.size))]
+            np.add.at(counts, (np.repeat(np.arange(b), units.size), picks.reshape(-1)), 1.0)
         for k, v in _resampled_metrics(t, p, float(threshold), counts[:, groups]).items():
             values[k].append(v)
         done += b
@@ -191,9 +204,11 @@ def bootstrap_intervals(
     return {
         "unit": unit,
         "n_units": n_units,
+        "units_per_class": {"hem": int(np.sum(unit_class == 0)),
+                            "all": int(np.sum(unit_class == 1))},
         "n_boot": int(n_boot),
         "confidence": float(confidence),
-        "method": f"percentile bootstrap over {unit}s",
+        "method": f"percentile bootstrap over {unit}s, stratified by class",
         "metrics": out,
     }
 
