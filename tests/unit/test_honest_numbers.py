@@ -188,6 +188,7 @@ def test_subject_folds_keep_subjects_and_linked_subjects_together():
         for i in range(6):
             names.append(f"UID_{s}_{i}_1_{c}.bmp")
             labels.append(c)
+    names[-25] = "UID_H2_26_1_hem.bmp"  # a C-NMC duplicate name: H2/H4/H5 are linked
     ds = Dataset.from_arrays(names, labels)
     folds = subject_folds(ds, folds=3, seed=0)
     seen = []
@@ -199,3 +200,29 @@ def test_subject_folds_keep_subjects_and_linked_subjects_together():
     assert sorted(seen) == sorted(ds.subject_list())  # each subject tested exactly once
     with pytest.raises(ValueError, match="folds <= subject groups"):
         subject_folds(ds, folds=8)
+
+
+def test_split_by_subject_keeps_linked_subjects_together():
+    from bmcd.data import split_by_subject
+
+    names, labels = [], []
+    for s, c in [("1", "all"), ("3", "all"), ("4", "all"), ("5", "all"), ("11", "all"),
+                 ("H2", "hem"), ("H4", "hem"), ("H5", "hem"), ("H6", "hem"), ("H7", "hem"),
+                 ("H9", "hem")]:
+        for i in range(6):
+            names.append(f"UID_{s}_{i}_1_{c}.bmp")
+            labels.append(c)
+    names.append("UID_H4_7_1_hem.png")  # a C-NMC duplicate (= UID_H2_26_1): link them
+    labels.append("hem")
+    ds = Dataset.from_arrays(names, labels)
+    # without a duplicate (e.g. synthetic cells named H2, H4, H5) they stay apart
+    plain = Dataset.from_arrays(names[:-1], labels[:-1])
+    assert any(
+        len([n for n, part in split_by_subject(plain, 0.2, 0.2, seed=k).parts().items()
+             if {"H2", "H4", "H5"} & set(part.subject_list())]) > 1 for k in range(8))
+    for seed in range(8):
+        split = split_by_subject(ds, val=0.2, test=0.2, seed=seed)
+        sides = [name for name, part in split.parts().items()
+                 if {"H2", "H4", "H5"} & set(part.subject_list())]
+        assert len(sides) == 1, (seed, sides)
+        assert split.shared_subjects() == []

@@ -14,12 +14,38 @@ import numpy as np
 from ..errors import DatasetError
 from ._dataset import Dataset
 
-__all__ = ["LINKED_SUBJECTS", "subject_groups", "subject_folds"]
+__all__ = ["LINKED_SUBJECTS", "linked_subjects_of", "subject_groups", "subject_folds"]
 
 #: Subjects that must stay on one side of any split: C-NMC 2019 files five byte-identical
 #: "hem" images under two subjects each (H2_26_1 = H4_7_1, H2_26_2 = H4_7_2,
 #: H2_30_2 = H4_8_1, H2_37_3 = H5_9_1, H2_37_4 = H5_9_2).
 LINKED_SUBJECTS: tuple[tuple[str, ...], ...] = (("H2", "H4", "H5"),)
+#: The C-NMC file names (without extension) of those duplicates: linking applies to a
+#: dataset that holds any of them, so other data whose subjects happen to be called H2, H4
+#: and H5 (the synthetic cells) keep their subjects apart.
+_CNMC_DUPLICATES = frozenset(
+    f"UID_{n}_hem" for n in ("H2_26_1", "H4_7_1", "H2_26_2", "H4_7_2", "H2_30_2", "H4_8_1",
+                             "H2_37_3", "H5_9_1", "H2_37_4", "H5_9_2")
+)
+
+
+def linked_subjects_of(paths: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """:data:`LINKED_SUBJECTS` when ``paths`` hold a known C-NMC duplicate, else ``()``.
+
+    Examples
+    --------
+    >>> linked_subjects_of(["hem/UID_H4_7_1_hem.png"])
+    (('H2', 'H4', 'H5'),)
+    >>> linked_subjects_of(["hem/UID_H4_1_1_hem.png"])
+    ()
+    """
+    import os
+
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(str(p)))[0]
+        if stem in _CNMC_DUPLICATES:
+            return LINKED_SUBJECTS
+    return ()
 
 
 def subject_groups(
@@ -50,7 +76,7 @@ def subject_groups(
 
 def subject_folds(
     dataset: Dataset, folds: int = 5, seed: int = 0,
-    linked: Iterable[Sequence[str]] = LINKED_SUBJECTS,
+    linked: Iterable[Sequence[str]] | None = None,
 ) -> list[tuple[Dataset, Dataset]]:
     """``folds`` (train, test) pairs; each subject group is in exactly one test part.
 
@@ -60,7 +86,9 @@ def subject_folds(
     folds : int, default 5
     seed : int, default 0
         Shuffles the groups before they are dealt (``StratifiedGroupKFold``).
-    linked : groups of subject ids kept together, default :data:`LINKED_SUBJECTS`
+    linked : groups of subject ids kept together
+        Default: :data:`LINKED_SUBJECTS` when the dataset holds the C-NMC duplicates
+        (:func:`linked_subjects_of`), else none.
 
     Raises
     ------
@@ -70,6 +98,8 @@ def subject_folds(
     from sklearn.model_selection import StratifiedGroupKFold
 
     k = int(folds)
+    if linked is None:
+        linked = linked_subjects_of(dataset.paths)
     groups = np.asarray(subject_groups(dataset.subjects, linked), dtype=object)
     n_groups = len(set(groups.tolist()))
     if k < 2 or n_groups < k:
