@@ -252,8 +252,10 @@ class Classifier:
         return ModelMeta.from_dict(self.meta_).preprocess
 
     def _p_all(self, X: Any, batch_size: int = 32, progress: bool | None = None,
-               no_cell: list[bool] | None = None) -> np.ndarray:
+               no_cell: list[bool] | None = None, tta: bool = False) -> np.ndarray:
         from tqdm.auto import tqdm
+
+        from .data import tta_views
 
         items, _ = _resolve_inputs(X)
         config = self._config()
@@ -263,7 +265,11 @@ class Classifier:
                   disable=True if len(items) <= chunk else progress) as bar:
             for start in range(0, len(items), chunk):
                 x, infos = preprocess_batch_with_info(items[start : start + chunk], config)
-                out[start : start + len(x)] = self.backend_.predict_batch(x)
+                if tta:  # mean p(all) over the 8 flips/rotations (bmcd.data.tta_views)
+                    p = np.mean([self.backend_.predict_batch(v) for v in tta_views(x)], axis=0)
+                else:
+                    p = self.backend_.predict_batch(x)
+                out[start : start + len(x)] = p
                 if no_cell is not None:
                     no_cell.extend(info.no_cell for info in infos)
                 bar.update(len(x))
@@ -288,7 +294,7 @@ class Classifier:
         validation : same, optional
             Validation data for early stopping and the validation curves. Use other
             subjects than ``train`` (see :func:`bmcd.data.split_by_subject`).
-        config : TrainConfig, optional
+        config : bmcd.training.config.TrainConfig, optional
             The training settings (epochs, learning rates, fine-tuning, balancing,
             augmentation, early stopping, cache, checkpoints ...); default
             ``TrainConfig()``. See :class:`bmcd.training.TrainConfig` for each one. With
@@ -421,7 +427,7 @@ class Classifier:
         return params
 
     # ---------------------------------------------------------------- prediction
-    def predict_proba(self, X: Any, batch_size: int = 32) -> np.ndarray:
+    def predict_proba(self, X: Any, batch_size: int = 32, tta: bool = False) -> np.ndarray:
         """Class probabilities, shape (n, 2), columns ordered like ``classes_`` (hem, all).
 
         Parameters
@@ -431,6 +437,9 @@ class Classifier:
             own :class:`PreprocessConfig`. Arrays may be uint8 or float (RGB).
         batch_size : int
             Hint for the preprocessing chunk; the backend batches on its own.
+        tta : bool, default False
+            Test-time augmentation: p(all) is the mean over the 8 flips/rotations of each
+            image (:data:`bmcd.data.TTA_VIEWS`), so it costs 8 model runs per image.
 
         Returns
         -------
@@ -438,22 +447,24 @@ class Classifier:
             ``[:, 1]`` is p(all); rows sum to 1.
         """
         self._check_fitted("predict")
-        p = self._p_all(X, batch_size=batch_size)
+        p = self._p_all(X, batch_size=batch_size, tta=tta)
         return np.stack([1.0 - p, p], axis=1)
 
-    def predict(self, X: Any, batch_size: int = 32) -> np.ndarray:
+    def predict(self, X: Any, batch_size: int = 32, tta: bool = False) -> np.ndarray:
         """Labels ``"all"`` / ``"hem"``: ``"all"`` where p(all) >= ``threshold_``.
 
-        Accepts the same ``X`` as :meth:`predict_proba`.
+        Accepts the same ``X`` and ``tta`` as :meth:`predict_proba`.
         """
         self._check_fitted("predict")
-        p = self._p_all(X, batch_size=batch_size)
+        p = self._p_all(X, batch_size=batch_size, tta=tta)
         return label_names(p, self.threshold_)
 
-    def predict_details(self, X: Any, batch_size: int = 32) -> dict[str, np.ndarray]:
+    def predict_details(
+        self, X: Any, batch_size: int = 32, tta: bool = False
+    ) -> dict[str, np.ndarray]:
         """p(all), the label and the no-cell flag of every image, in one pass.
 
-        Accepts the same ``X`` as :meth:`predict_proba`.
+        Accepts the same ``X`` and ``tta`` as :meth:`predict_proba`.
 
         Returns
         -------
@@ -472,9 +483,10 @@ class Classifier:
         """
         self._check_fitted("predict")
         flags: list[bool] = []
-        p = self._p_all(X, batch_size=batch_size, no_cell=flags)
+        p = self._p_all(X, batch_size=batch_size, no_cell=flags, tta=tta)
         return {"p_all": p, "label": label_names(p, self.threshold_),
                 "no_cell": np.asarray(flags, dtype=bool)}
+
     def explain(self, X: Any, overlay: bool = False, batch_size: int = 32) -> Any:
         """Class activation maps: where in each cell the evidence for p(all) lies.
 
@@ -525,6 +537,7 @@ class Classifier:
         data: Any,
         batch_size: int = 32,
         dataset_info: dict[str, Any] | None = None,
+        tta: bool = False,
     ):
         """Score labelled data at ``threshold_``; returns an :class:`~bmcd.metrics.EvaluationReport`.
 
@@ -535,11 +548,15 @@ class Classifier:
         batch_size : int
         dataset_info : dict, optional
             Extra description for the report, e.g. ``{"synthetic": True}`` (adds a banner).
+        tta : bool, default False
+            Mean p(all) over the 8 flips/rotations (see :meth:`predict_proba`); the report's
+            dataset description says so.
 
         Returns
         -------
         EvaluationReport
-            With the training history, the model description and per-subject counts.
+            With the training history, the model description, the per-subject table and
+            95% intervals by bootstrap over subjects.
         """
         from .metrics import EvaluationReport
 
@@ -547,8 +564,10 @@ class Classifier:
         ds = _as_dataset(data, "data")
         if len(ds) == 0:
             raise DatasetError("Cannot evaluate on an empty dataset.")
-        p = self._p_all(ds, batch_size=batch_size)
+        p = self._p_all(ds, batch_size=batch_size, tta=tta)
         info = _describe_dataset(ds)
+        if tta:
+            info["tta"] = "mean p(all) over the 8 flips/rotations"
         info.update(dataset_info or {})
         report = EvaluationReport.from_predictions(
             ds.labels, p, threshold=self.threshold_, subjects=[

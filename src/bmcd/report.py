@@ -40,6 +40,7 @@ from .metrics._evaluation import (
     CONFUSION_PNG,
     CURVES_PNG,
     METRICS_JSON,
+    RELIABILITY_PNG,
     REPORT_HTML,
     ROC_PNG,
     format_value,
@@ -55,6 +56,8 @@ __all__ = [
     "plot_roc",
     "plot_confusion",
     "plot_curves",
+    "plot_reliability",
+    "interval_note",
     "most_confident_errors",
 ]
 
@@ -74,6 +77,43 @@ MAIN_ROWS = (
     ("specificity", "specificity (recall 'hem')"),
     ("threshold", "threshold (p_all >= t -> 'all')"),
 )
+
+
+#: Subject-level call rule, as the report states it.
+SUBJECT_CALL_RULE = ("subject call: 'all' when the subject's mean p(all) >= the threshold, "
+                     "else 'hem'")
+
+
+def _interval(report: EvaluationReport, key: str) -> str:
+    """``[low, high]`` of the 95% interval of ``key``, or "" when there is none."""
+    lohi = (report.intervals.get("metrics") or {}).get(key)
+    if not lohi:
+        return ""
+    lo, hi = lohi
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "n/a"
+    return f"[{lo:.4f}, {hi:.4f}]"
+
+
+def interval_note(report: EvaluationReport) -> str:
+    """One sentence saying how the intervals were made (over subjects, or over cells)."""
+    iv = report.intervals
+    if not iv:
+        return "No intervals (no cells)."
+    per = iv.get("units_per_class") or {}
+    few = ""
+    if per and min(per.values()) < 5:
+        few = (f" Only {per.get('hem', 0)} 'hem' and {per.get('all', 0)} 'all' "
+               f"{iv.get('unit', 'unit')}s: too few for the intervals to show how other "
+               f"{iv.get('unit', 'unit')}s would score.")
+    if iv.get("unit") == "subject":
+        return (f"95% intervals: percentile bootstrap over the {iv['n_units']} subjects "
+                f"({iv['n_boot']} resamples within each class; a subject's cells are drawn "
+                f"together).{few}")
+    return (f"95% intervals: percentile bootstrap over the {iv['n_units']} cells "
+            f"({iv['n_boot']} resamples within each class) because no subject is known; "
+            f"cells of one patient are alike, so these intervals are too narrow for new "
+            f"patients.{few}")
 
 
 # --------------------------------------------------------------------------- history
@@ -193,6 +233,31 @@ def plot_roc(report: EvaluationReport) -> bytes:
     return _fig_to_png(fig)
 
 
+def plot_reliability(report: EvaluationReport) -> bytes:
+    """The reliability diagram (fraction of "all" per bin of p(all)) with its ECE, as PNG."""
+    Figure, Canvas = _mpl()
+    fig = Figure(figsize=(5, 5))
+    Canvas(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", label="perfectly calibrated")
+    cal = report.calibration or {}
+    if cal.get("mean_p"):
+        ax.plot(cal["mean_p"], cal["frac_all"], "o-", color="C0",
+                label=f"model (ECE = {cal['ece']:.3f})")
+        for x, y, n in zip(cal["mean_p"], cal["frac_all"], cal["count"], strict=False):
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7, color="0.3")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("mean p(all) in bin")
+    ax.set_ylabel("fraction of 'all' cells in bin")
+    ax.set_title("Reliability diagram (cells per bin)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return _fig_to_png(fig)
+
+
 def plot_confusion(report: EvaluationReport) -> bytes:
     """The confusion matrix with counts and row percentages, as PNG bytes."""
     Figure, Canvas = _mpl()
@@ -307,15 +372,21 @@ def to_markdown(report: EvaluationReport) -> str:
     lines = ["## bmcd evaluation", ""]
     if report.synthetic:
         lines += [f"**{SYNTHETIC_BANNER}**", ""]
-    lines += ["| metric | value |", "|---|---|"]
+    lines += ["| metric | value | 95% interval |", "|---|---|---|"]
     for key, label in MAIN_ROWS:
-        lines.append(f"| {label} | {format_value(report.metrics.get(key))} |")
+        lines.append(f"| {label} | {format_value(report.metrics.get(key))} | "
+                     f"{_interval(report, key)} |")
     c = report.counts
-    lines.append(f"| true counts | hem {c.get('hem', 0)}, all {c.get('all', 0)} |")
+    lines.append(f"| true counts | hem {c.get('hem', 0)}, all {c.get('all', 0)} | |")
     f1 = report.f1
     lines.append(
-        f"| F1 per class | hem {format_value(f1.get('hem'))}, all {format_value(f1.get('all'))} |"
+        f"| F1 per class | hem {format_value(f1.get('hem'))}, all {format_value(f1.get('all'))}"
+        f" | |"
     )
+    if report.calibration:
+        lines.append(f"| expected calibration error | "
+                     f"{format_value(report.calibration.get('ece'))} | |")
+    lines += ["", interval_note(report)]
     (tn, fp), (fn, tp) = report.confusion_matrix.tolist()
     lines += [
         "",
@@ -331,13 +402,18 @@ def to_markdown(report: EvaluationReport) -> str:
             "",
             "### Per subject",
             "",
-            "| subject | n | hem | all | correct | accuracy | mean p(all) |",
+            f"{SUBJECT_CALL_RULE.capitalize()} (threshold {report.threshold:.4g}).",
+            "",
+            "| subject | cells | true class | mean p(all) | called 'all' | accuracy | "
+            "subject call |",
             "|---|---|---|---|---|---|---|",
         ]
         for s, r in report.per_subject.items():
             lines.append(
-                f"| {s} | {r['n']} | {r['hem']} | {r['all']} | {r['correct']} | "
-                f"{format_value(r['accuracy'])} | {format_value(r['mean_p_all'])} |"
+                f"| {s} | {r['n']} | {r.get('true_class', '?')} | "
+                f"{format_value(r['mean_p_all'])} | "
+                f"{format_value(r.get('frac_called_all', float('nan')))} | "
+                f"{format_value(r.get('accuracy', float('nan')))} | {r.get('call', '?')} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -372,15 +448,20 @@ def to_html(report: EvaluationReport, images: Mapping[str, bytes] | None = None)
         )
         return f"<table><tr>{h}</tr>{body}</table>"
 
-    rows = [(label, format_value(report.metrics.get(key))) for key, label in MAIN_ROWS]
+    rows = [(label, format_value(report.metrics.get(key)), _interval(report, key))
+            for key, label in MAIN_ROWS]
     for cls_name in CLASSES:
         pc = report.metrics.get("per_class", {}).get(cls_name, {})
         for k in ("precision", "recall", "f1"):
             if k in pc:
-                rows.append((f"{k} '{cls_name}'", format_value(pc[k])))
+                rows.append((f"{k} '{cls_name}'", format_value(pc[k]), ""))
     c = report.counts
-    rows.append(("true counts", f"hem {c.get('hem', 0)}, all {c.get('all', 0)}"))
-    parts += ["<h2>Metrics</h2>", table(rows, ("metric", "value"))]
+    rows.append(("true counts", f"hem {c.get('hem', 0)}, all {c.get('all', 0)}", ""))
+    if report.calibration:
+        rows.append(("expected calibration error (10 bins)",
+                     format_value(report.calibration.get("ece")), ""))
+    parts += ["<h2>Metrics</h2>", table(rows, ("metric", "value", "95% interval")),
+              f"<p>{e(interval_note(report))}</p>"]
     (tn, fp), (fn, tp) = report.confusion_matrix.tolist()
     parts += [
         "<h2>Confusion matrix</h2>",
@@ -389,6 +470,7 @@ def to_html(report: EvaluationReport, images: Mapping[str, bytes] | None = None)
     ]
     images = images or {}
     for fname, title in ((ROC_PNG, "ROC curve"), (CONFUSION_PNG, "Confusion matrix plot"),
+                         (RELIABILITY_PNG, "Reliability diagram"),
                          (CURVES_PNG, "Training curves")):
         parts.append(f"<h2>{e(title)}</h2>")
         if fname in images:
@@ -402,10 +484,15 @@ def to_html(report: EvaluationReport, images: Mapping[str, bytes] | None = None)
             parts.append(f'<p><a href="{e(fname)}">{e(fname)}</a> (not embedded)</p>')
     if report.per_subject:
         parts.append("<h2>Per subject</h2>")
+        parts.append(f"<p>{e(SUBJECT_CALL_RULE.capitalize())} (threshold "
+                     f"{report.threshold:.4g}).</p>")
         parts.append(table(
-            [(s, r["n"], r["hem"], r["all"], r["correct"], format_value(r["accuracy"]),
-              format_value(r["mean_p_all"])) for s, r in report.per_subject.items()],
-            ("subject", "n", "hem", "all", "correct", "accuracy", "mean p(all)"),
+            [(s, r["n"], r.get("true_class", "?"), format_value(r["mean_p_all"]),
+              format_value(r.get("frac_called_all", float("nan"))),
+              format_value(r.get("accuracy", float("nan"))), r.get("call", "?"))
+             for s, r in report.per_subject.items()],
+            ("subject", "cells", "true class", "mean p(all)", "fraction called 'all'",
+             "accuracy", "subject call"),
         ))
     errs = most_confident_errors(report)
     if errs:
@@ -477,6 +564,7 @@ def save_report(
         images = {
             ROC_PNG: plot_roc(report),
             CONFUSION_PNG: plot_confusion(report),
+            RELIABILITY_PNG: plot_reliability(report),
             CURVES_PNG: plot_curves(report),
         }
     out.mkdir(parents=True, exist_ok=True)

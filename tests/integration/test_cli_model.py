@@ -36,7 +36,8 @@ def test_train_writes_model_directory_and_report(cli_model, capsys):
     names = sorted(p.name for p in cli_model.iterdir())
     assert names == ["bmcd.json", "model.keras", "report"]
     report = sorted(p.name for p in (cli_model / "report").iterdir())
-    assert report == ["confusion.png", "curves.png", "metrics.json", "report.html", "roc.png"]
+    assert report == ["confusion.png", "curves.png", "metrics.json", "reliability.png",
+                      "report.html", "roc.png"]
     meta = json.loads((cli_model / "bmcd.json").read_text())
     assert meta["arch"] == "mobilenet_v2" and meta["image_size"] == 32
     training = meta["training"]
@@ -48,6 +49,12 @@ def test_train_writes_model_directory_and_report(cli_model, capsys):
     test = meta["metrics"]["test"]
     assert test["n"] == training["split"]["test"]["n"] and test["synthetic"] is True
     assert "validation" in meta["metrics"]
+    # the threshold is tuned on the validation part, never on the test part (issue 13)
+    tt = training["threshold_tuning"]
+    assert tt["part"] == "validation" and tt["n"] == training["split"]["val"]["n"]
+    assert set(tt["subjects"]).isdisjoint(training["split"]["test"]["subjects"])
+    assert meta["threshold"] == tt["threshold"] == test["threshold"]
+    assert test["intervals"]["unit"] == "subject" and "ece" in test
     metrics = json.loads((cli_model / "report" / "metrics.json").read_text())
     assert metrics["dataset_info"]["part"] == "test"
     assert "SYNTHETIC" in (cli_model / "report" / "report.html").read_text().upper()

@@ -268,19 +268,21 @@ def test_int8_gate(exported, tmp_path):
     assert stored["sha256"] == common._sha256(path) and stored["gate"] == g
     assert stored["source_sha256"] == read_model_json(exported["dir"])["exports"]["onnx"]["sha256"]
     assert g["n"] == qz.DEFAULT_INT8_VALIDATION and g["labels_known"]
-    # the gate's verdict is exactly the stated rule, and forced == failed
-    rule = g["label_agreement"] >= 0.99 and abs(g["roc_auc_change"]) <= 0.01
+    # the gate's verdict is exactly the stated rule (issue 13: int8 may flip no more labels
+    # than the upper 95% bound of the fp32 model's own flips under +-1 gray level of noise,
+    # and |ROC-AUC change| <= 0.01), and forced == failed
+    rule = (g["label_disagreements"] <= g["allowed_label_flips"]
+            and abs(g["roc_auc_change"]) <= 0.01 and g["p_all_spread"]["std"] >= 0.01)
     assert g["passed"] == rule and rec["forced"] == (not rule)
+    assert g["allowed_label_flips"] == int(np.floor(g["n"] * g["fp32_noise_flip_bound"] + 1e-9))
     print(f"\n{exported['arch']} int8 gate: {json.dumps(g, indent=1)}")
     # What these small, briefly trained networks attain (measured on this project's 2-core
     # machine, 200 held-out synthetic cells): ROC-AUC moves by < 0.01 (MobileNetV2 +0.002,
-    # ResNet50 -0.003), but label agreement is 0.97-0.985, not the 0.99 the gate asks for,
-    # so the gate (rightly) refuses them and the fixture keeps the file with force=True.
-    # The reason is the networks, not the quantizer: their own fp32 labels move about as
-    # often under +-1 gray level of input noise (fp32_noise_label_agreement 0.95-1.0), and
-    # ResNet50 at 32 px ends in a 1x1 feature map, so pooling averages no rounding away.
-    # The gate logic itself is tested exactly in the unit tests; here the numbers must stay
-    # within what was measured, with a small margin.
+    # ResNet50 -0.003) and label agreement is 0.97-0.985, which the former fixed 0.99 rule
+    # refused although their own fp32 labels move about as often under +-1 gray level of
+    # input noise (fp32_noise_label_agreement 0.95-1.0; ResNet50 at 32 px ends in a 1x1
+    # feature map, so pooling averages no rounding away). The gate logic itself is tested
+    # exactly in the unit tests; here the numbers must stay within what was measured.
     assert abs(g["roc_auc_change"]) <= 0.01
     assert g["label_agreement"] >= 0.95
     assert g["label_agreement"] >= g["fp32_noise_label_agreement"] - 0.05
@@ -311,7 +313,7 @@ def test_int8_parity_on_real_cnmc_images(exported, cnmc_sample_dir):
     s32 = make_session(exported["dir"] / ONNX_FILE)
     p32 = common._run_session(s32, x, 8)
     p8 = common._run_session(make_session(exported["dir"] / ONNX_INT8_FILE), x, 8)
-    g = qz._gate(p32, p8, ds.labels, 0.5, 0.99, 0.01)
+    g = qz._gate(p32, p8, ds.labels, 0.5, 0.99, 0.01)  # fixed rule: only the numbers matter
     print(f"\n{exported['arch']} int8 vs fp32 on {len(x)} real images: {json.dumps(g)}")
     assert g["finite"] and g["n"] == len(ds) == 30
     assert float(np.ptp(p32)) > 0.01  # outputs vary: the comparison is not of a constant

@@ -7,6 +7,7 @@ tests/integration/test_export_onnx.py.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -289,7 +290,9 @@ def test_metadata_carries_the_model_json_subset_and_plain_keys():
 def test_validate_parity_passes_on_the_same_function_and_catches_offsets(tmp_path):
     path = _mean_model(tmp_path)
     rng = np.random.default_rng(1)
-    x = rng.uniform(60, 140, (21, S, S, 3)).astype(np.float32)  # p spread around 0.5
+    # per-image brightness 60..140: p spread around 0.5 (std ~0.25)
+    x = (rng.uniform(60, 140, (21, 1, 1, 1)) + rng.uniform(-20, 20, (21, S, S, 3)))
+    x = x.astype(np.float32)
     rec = ex.validate_parity(_MeanKeras(), path, x, batch_size=4)
     assert rec["passed"] and rec["n"] == 21 and rec["batch_sizes"] == [4, 8]
     assert rec["max_abs_diff"] < 1e-6 and rec["label_agreement"] == 1.0
@@ -326,6 +329,69 @@ def test_validate_parity_passes_on_the_same_function_and_catches_offsets(tmp_pat
     with pytest.raises(ExportValidationError) as err:
         ex.validate_parity(nan, path, x)
     assert err.value.details["finite"] is False
+
+
+def test_parity_refuses_a_vacuous_check_on_a_constant_model(tmp_path):
+    """A model that gives one p(all) for every image agrees with itself and with a broken
+    conversion alike: the check says it is vacuous instead of passing (issue 13, item 7)."""
+    path = _mean_model(tmp_path, scale=0.0, bias=0.3)  # p = sigmoid(0.3) for every image
+    x = np.random.default_rng(2).uniform(0, 255, (12, S, S, 3)).astype(np.float32)
+    const = _MeanKeras(scale=0.0, bias=0.3)
+    with pytest.raises(ExportValidationError, match=r"vacuous.*std of p\(all\) 0 < 0.01") as err:
+        ex.validate_parity(const, path, x, batch_size=4)
+    d = err.value.details
+    assert d["vacuous"] is True and d["passed"] is False and d["max_abs_diff"] < 1e-6
+    assert d["p_all_spread"]["std"] == 0.0 and d["p_all_spread"]["min"] == d["p_all_spread"]["max"]
+    rec = ex.validate_parity(const, path, x, check=False)
+    assert rec["passed"] is False and rec["vacuous"] is True
+    # the same images through a spreading model: not vacuous
+    x2 = (np.linspace(40, 160, 12)[:, None, None, None] + np.zeros((12, S, S, 3))).astype(np.float32)
+    rec = ex.validate_parity(_MeanKeras(), _mean_model(tmp_path / "s"), x2, check=False)
+    assert rec["passed"] and not rec["vacuous"] and rec["p_all_spread"]["std"] > 0.1
+
+
+def test_gate_noise_rule_clopper_pearson():
+    """The default rule: int8 may flip no more labels than floor(n * upper 95% bound of the
+    fp32 noise flip rate); stated in the record."""
+    from scipy.stats import binom
+
+    rng = np.random.default_rng(3)
+    n = 200
+    y = (np.arange(n) % 2).astype(int)
+    p32 = np.clip(0.5 + 0.4 * (2 * y - 1) + rng.normal(0, 0.15, n), 0.001, 0.999)
+    near = np.argsort(np.abs(p32 - 0.5))  # the cells closest to the threshold
+    p_noisy = p32.copy()
+    p_noisy[near[:4]] = 1.0 - p32[near[:4]]  # fp32 flips 4 of 200 labels under noise
+    g0 = qz._gate(p32, p32, y, 0.5, None, 0.01, p_noisy=p_noisy)
+    k, bound, allowed = g0["fp32_noise_label_flips"], g0["fp32_noise_flip_bound"], \
+        g0["allowed_label_flips"]
+    assert k == 4 and 4 / n < bound < 0.06
+    # the bound is exact: P(Binomial(n, bound) <= k) = 5%
+    assert binom.cdf(k, n, bound) == pytest.approx(0.05, abs=1e-6)
+    assert allowed == int(np.floor(n * bound)) and allowed >= 8
+    assert g0["passed"] and str(allowed) in g0["rule"] and "Clopper-Pearson" in g0["rule"]
+    for flips, ok in ((allowed, True), (allowed + 1, False)):
+        p8 = p32.copy()
+        p8[near[:flips]] = np.where(p32[near[:flips]] >= 0.5, 0.4999, 0.5001)
+        g = qz._gate(p32, p8, y, 0.5, None, 0.01, p_noisy=p_noisy)
+        assert g["label_disagreements"] == flips and g["passed"] is ok, g["failed_because"]
+        assert abs(g["roc_auc_change"]) <= 0.01  # only the flip rule decides here
+    assert "labels flipped (allowed" in g["failed_because"][0]
+    # a stable fp32 model (no noise flips) still allows the binomial margin: ~3/n
+    g = qz._gate(p32, p32, y, 0.5, None, 0.01, p_noisy=p32)
+    assert g["fp32_noise_label_flips"] == 0 and g["allowed_label_flips"] == 2
+    # the ROC-AUC limit still applies
+    p8 = p32.copy()
+    p8[y == 1] -= 0.3
+    assert not qz._gate(p32, p8, y, 0.5, None, 0.01, p_noisy=p_noisy)["passed"]
+
+
+def test_gate_refuses_a_constant_model():
+    y = np.array([0, 1] * 20)
+    p = np.full(40, 0.62)
+    g = qz._gate(p, p.copy(), y, 0.5, None, 0.01, p_noisy=p)
+    assert g["label_agreement"] == 1.0 and g["passed"] is False
+    assert "vacuous" in g["failed_because"][0] and g["p_all_spread"]["std"] == 0.0
 
 
 def test_gate_numbers_on_hand_made_scores():
@@ -376,6 +442,11 @@ def test_quantize_int8_writes_a_gated_self_describing_file(conv_dir, cells):
     assert g["passed"] and g["n"] == 200 and g["labels_known"]
     assert g["label_agreement"] >= 0.99 and abs(g["roc_auc_change"]) <= 0.01
     assert 0.0 < g["max_abs_diff"] < 0.2 and 0.0 <= g["fp32_noise_label_agreement"] <= 1.0
+    # the default rule is the noise rule, stated and recorded (issue 13, item 6)
+    assert "min_label_agreement" in g and g["rule"].startswith("int8 may flip at most")
+    assert g["label_disagreements"] <= g["allowed_label_flips"]
+    assert g["fp32_noise_flip_bound"] >= g["fp32_noise_flip_rate"]
+    assert g["p_all_spread"]["std"] >= qz.MIN_P_ALL_STD
 
     q = onnx.load(str(out))
     ops = {n.op_type for n in q.graph.node}
@@ -421,7 +492,7 @@ def test_int8_gate_failure_keeps_no_file_unless_forced(conv_dir):
     d = err.value.details
     assert d["passed"] is False and d["n"] == 40 and "label_agreement" in d
     assert [a["first_conv_float"] for a in d["attempts"]] == [False, True]  # both tried
-    assert "need >= 1.01" in str(err.value) and "force=True" in str(err.value)
+    assert "< 1.01" in str(err.value) and "force=True" in str(err.value)
     assert "best of 2 tries" in str(err.value)
     assert not (conv_dir / ONNX_INT8_FILE).exists() and not _leftovers(conv_dir)
     assert read_model_json(conv_dir)["exports"].get("onnx_int8") == before
@@ -433,6 +504,58 @@ def test_int8_gate_failure_keeps_no_file_unless_forced(conv_dir):
     assert len(rec["attempts"]) == 2
     assert (conv_dir / ONNX_INT8_FILE).is_file()
     assert read_model_json(conv_dir)["exports"]["onnx_int8"]["forced"] is True
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in (MODEL_JSON, ONNX_FILE):
+        shutil.copy(src / f, dst / f)
+    (dst / ONNX_INT8_FILE).unlink(missing_ok=True)
+    return dst
+
+
+def test_int8_gate_refuses_a_model_calibrated_on_constant_images(conv_dir, tmp_path):
+    """Sound calibration passes the noise rule (test above); calibration on flat gray
+    images (ranges unlike cells) saturates the activations and must still fail."""
+    d = _copy_model(conv_dir, tmp_path / "flat")
+    flat = np.full((100, S, S, 3), 128.0, np.float32)
+    with pytest.raises(ExportValidationError) as err:
+        ex.quantize_int8(d, calibration=flat, n=100, keep_first_conv_float=False)
+    g = err.value.details
+    assert g["passed"] is False and g["failed_because"] and "rule" in g
+    assert g["label_disagreements"] > g["allowed_label_flips"] or abs(g["roc_auc_change"]) > 0.01
+    assert "The rule: int8 may flip at most" in str(err.value)
+    assert not (d / ONNX_INT8_FILE).exists()
+
+
+def test_int8_gate_refuses_a_corrupted_scale(conv_dir, tmp_path, monkeypatch):
+    """A quantizer bug (the first convolution's weight scales written 8x too large on every
+    other output channel) must fail the gate."""
+    import onnxruntime.quantization as oq
+
+    real = oq.quantize_static
+
+    def corrupted(model_input, model_output, *a, **k):
+        real(model_input, model_output, *a, **k)
+        m = onnx.load(model_output)
+        inits = {t.name: t for t in m.graph.initializer}
+        weight_dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"
+                     and n.input[0] in inits and len(inits[n.input[0]].dims) == 4]
+        t = inits[weight_dq[0].input[1]]
+        a = numpy_helper.to_array(t).copy()
+        assert a.size > 1  # per-channel
+        a[::2] *= 8.0
+        t.CopyFrom(numpy_helper.from_array(a, t.name))
+        onnx.save(m, model_output)
+
+    monkeypatch.setattr(oq, "quantize_static", corrupted)
+    d = _copy_model(conv_dir, tmp_path / "bad")
+    with pytest.raises(ExportValidationError) as err:
+        ex.quantize_int8(d, n=100, keep_first_conv_float=False)
+    g = err.value.details
+    assert g["passed"] is False
+    assert g["label_disagreements"] > g["allowed_label_flips"] or abs(g["roc_auc_change"]) > 0.01
+    assert not (d / ONNX_INT8_FILE).exists()
 
 
 def test_quantize_refuses_a_missing_or_changed_fp32_file(tmp_path, conv_dir):

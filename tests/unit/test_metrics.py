@@ -282,21 +282,107 @@ def test_report_per_subject(report):
     assert sum(r["correct"] for r in ps.values()) == round(report.accuracy * 50)
 
 
+def test_report_subject_call_and_fraction(report):
+    ps = report.per_subject
+    for s, r in ps.items():
+        idx = [j for j, x in enumerate(report.subjects) if x == s]
+        p = report.p_all[idx]
+        assert r["mean_p_all"] == pytest.approx(p.mean())
+        assert r["frac_called_all"] == pytest.approx((p >= 0.5).mean())
+        assert r["call"] == ("all" if p.mean() >= 0.5 else "hem")
+    assert ps["3"]["true_class"] == "all" and ps["H1"]["true_class"] == "hem"
+    summ = report.summary()
+    assert summ["subjects"]["n"] == 4 and 0 <= summ["subjects"]["called_correctly"] <= 4
+    assert summ["intervals"]["unit"] == "subject" and "ece" in summ
+
+
+def test_intervals_over_subjects_and_over_cells():
+    from bmcd.metrics import bootstrap_intervals
+
+    rng = np.random.default_rng(5)
+    y = np.repeat([0, 1, 0, 1, 0, 1, 0, 1], 25)
+    # subjects differ a lot (a per-subject offset), cells within a subject little
+    offs = np.repeat(rng.normal(0, 0.25, 8), 25)
+    p = np.clip(0.3 + 0.3 * y + offs + rng.normal(0, 0.05, y.size), 0, 1)
+    subj = np.repeat([f"s{i}" for i in range(8)], 25)
+    by_subj = bootstrap_intervals(y, p, 0.5, subjects=subj, n_boot=400, seed=1)
+    by_cell = bootstrap_intervals(y, p, 0.5, n_boot=400, seed=1)
+    assert by_subj["unit"] == "subject" and by_subj["n_units"] == 8
+    assert by_cell["unit"] == "cell" and by_cell["n_units"] == 200
+    point = classification_metrics(y, p, 0.5)
+    for k in ("roc_auc", "f1_weighted", "balanced_accuracy", "sensitivity", "specificity"):
+        lo, hi = by_subj["metrics"][k]
+        clo, chi = by_cell["metrics"][k]
+        assert lo <= point[k] <= hi and clo <= point[k] <= chi, k
+        # resampling whole subjects shows the between-subject spread cells hide
+        assert hi - lo > chi - clo, k
+    # the same seed gives the same interval
+    assert bootstrap_intervals(y, p, 0.5, subjects=subj, n_boot=400, seed=1) == by_subj
+
+
+def test_resampled_metrics_match_scikit_learn():
+    """The vectorised bootstrap computes exactly classification_metrics on each resample."""
+    from bmcd.metrics._intervals import INTERVAL_METRICS, _resampled_metrics
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 120)
+    p = np.round(rng.random(120) * 0.6 + 0.3 * y, 2)  # rounded: many ties
+    w = np.stack([np.bincount(rng.integers(0, 120, 120), minlength=120) for _ in range(6)])
+    got = _resampled_metrics(y, p, 0.5, w.astype(float))
+    for b in range(6):
+        idx = np.repeat(np.arange(120), w[b])
+        ref = classification_metrics(y[idx], p[idx], 0.5)
+        for k in INTERVAL_METRICS:
+            assert got[k][b] == pytest.approx(ref[k], abs=1e-12), k
+
+
+def test_reliability_and_ece():
+    from bmcd.metrics import reliability
+
+    y = np.array([0] * 10 + [1] * 10)
+    p = np.array([0.1] * 10 + [0.9] * 10)
+    r = reliability(y, p)
+    assert r["ece"] == pytest.approx(0.1) and r["count"] == [10, 10]
+    assert r["frac_all"] == [0.0, 1.0] and r["mean_p"] == pytest.approx([0.1, 0.9])
+    y2 = np.array([0, 1] * 10)  # p 0.5 for half-and-half: perfectly calibrated
+    assert reliability(y2, np.full(20, 0.5))["ece"] == pytest.approx(0.0)
+
+
+def test_binomial_upper_bound():
+    from scipy.stats import binom
+
+    from bmcd.metrics import binomial_upper_bound
+
+    assert binomial_upper_bound(0, 200) == pytest.approx(1 - 0.05 ** (1 / 200))
+    u = binomial_upper_bound(7, 150)
+    assert binom.cdf(7, 150, u) == pytest.approx(0.05, abs=1e-9) and u > 7 / 150
+    assert binomial_upper_bound(5, 5) == 1.0
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        binomial_upper_bound(3, 2)
+
+
 def test_report_markdown(report):
     md = report.to_markdown()
     (tn, fp), (fn, tp) = report.confusion_matrix.tolist()
     assert "accuracy" in md and f"{report.accuracy:.4f}" in md
     for count, tag in ((tn, "TN"), (fp, "FP"), (fn, "FN"), (tp, "TP")):
         assert f"{count} ({tag})" in md
-    assert "| H1 | 10 | 10 | 0 |" in md
+    h1 = report.per_subject["H1"]
+    assert (f"| H1 | 10 | hem | {h1['mean_p_all']:.4f} | {h1['frac_called_all']:.4f} | "
+            f"{h1['accuracy']:.4f} | {h1['call']} |") in md
     assert "SYNTHETIC" in md
+    lo, hi = report.intervals["metrics"]["roc_auc"]
+    assert f"| ROC AUC | {report.roc_auc:.4f} | [{lo:.4f}, {hi:.4f}] |" in md
+    assert "bootstrap over the 4 subjects" in md
+    assert f"| expected calibration error | {report.calibration['ece']:.4f} |" in md
 
 
 def test_report_save_and_load(report, tmp_path):
     out = report.save(tmp_path / "nested" / "report")
-    names = {"metrics.json", "roc.png", "confusion.png", "curves.png", "report.html"}
+    names = {"metrics.json", "roc.png", "confusion.png", "curves.png", "reliability.png",
+             "report.html"}
     assert names <= {f.name for f in out.iterdir()}
-    for png in ("roc.png", "confusion.png", "curves.png"):
+    for png in ("roc.png", "confusion.png", "curves.png", "reliability.png"):
         data = (out / png).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
     d = json.loads((out / "metrics.json").read_text())  # strict JSON parses
@@ -306,13 +392,17 @@ def test_report_save_and_load(report, tmp_path):
     assert d["metrics"]["confusion_matrix"] == report.confusion_matrix.tolist()
     page = (out / "report.html").read_text()
     assert "Data: SYNTHETIC cells (not real patients)" in page
-    for png in ("roc.png", "confusion.png", "curves.png"):
+    for png in ("roc.png", "confusion.png", "curves.png", "reliability.png"):
         assert f'href="{png}"' in page
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4
+    assert "95% interval" in page and "bootstrap over the 4 subjects" in page
+    assert "subject call" in page and "fraction called &#x27;all&#x27;" in page
+    assert "expected calibration error" in page
     assert f"{report.f1_weighted:.4f}" in page
     back = EvaluationReport.load(out)
     assert back.accuracy == report.accuracy and back.roc_auc == report.roc_auc
     assert back.per_subject == report.per_subject
+    assert back.intervals == report.intervals and back.calibration == report.calibration
     np.testing.assert_array_equal(back.y_true, report.y_true)
     np.testing.assert_array_equal(back.p_all, report.p_all)
     assert EvaluationReport.load(out / "metrics.json").f1_weighted == report.f1_weighted
@@ -372,3 +462,18 @@ def test_import_is_light():
         "assert not bad, bad; assert bmcd.EvaluationReport is bmcd.metrics.EvaluationReport"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_intervals_are_stratified_and_flag_few_subjects():
+    from bmcd.metrics import bootstrap_intervals
+
+    y = np.array([1] * 20 + [0] * 20)
+    p = np.r_[np.linspace(0.3, 0.95, 20), np.linspace(0.05, 0.6, 20)]
+    two = bootstrap_intervals(y, p, 0.5, subjects=["3"] * 20 + ["H1"] * 20, n_boot=200)
+    m = classification_metrics(y, p, 0.5)
+    # one subject per class: every resample is the data itself (no made-up 0 sensitivity)
+    for k in ("roc_auc", "sensitivity", "specificity", "f1_weighted"):
+        assert two["metrics"][k] == pytest.approx([m[k], m[k]]), k
+    assert two["units_per_class"] == {"hem": 1, "all": 1}
+    rep = EvaluationReport.from_predictions(y, p, 0.5, subjects=["3"] * 20 + ["H1"] * 20)
+    assert "Only 1 'hem' and 1 'all' subjects: too few" in rep.to_markdown()

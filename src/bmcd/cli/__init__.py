@@ -20,13 +20,13 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import BmcdError
-from . import bench, data, explain, export, model, score, serve
+from . import bench, cv, data, explain, export, model, score, serve
 from ._common import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "build_parser", "main"]
 
 #: Command groups, in the order their commands appear in ``bmcd --help``.
-_GROUPS = (data, model, export, explain, score, serve, bench)
+_GROUPS = (data, model, export, explain, score, serve, bench, cv)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,9 +96,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
               f"{q['bytes'] / 1e6:.1f} MB), calibrated on {q['calibration']['n']} images "
               f"[{q['calibration']['source']}]")
         print(f"int8 gate vs fp32 on {g['n']} images [{q['validation']}]:")
-        print(f"  label agreement {g['label_agreement']:.4f} (need >= "
-              f"{g['min_label_agreement']:g}); max |dp| {g['max_abs_diff']:.3g}, "
-              f"mean {g['mean_abs_diff']:.3g}")
+        print(f"  label agreement {g['label_agreement']:.4f}: {g['label_disagreements']} "
+              f"flipped, allowed {g['allowed_label_flips']}; max |dp| "
+              f"{g['max_abs_diff']:.3g}, mean {g['mean_abs_diff']:.3g}; fp32 p(all) std "
+              f"{g['p_all_spread']['std']:.3f}")
+        print(f"  rule: {g['rule']}")
         if "roc_auc_change" in g:
             print(f"  ROC-AUC {g['roc_auc_fp32']:.4f} -> {g['roc_auc_int8']:.4f} (change "
                   f"{g['roc_auc_change']:+.4f}, limit {g['max_auc_change']:g}); weighted F1 "

@@ -120,8 +120,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description=(
             "Find the images in DATA, split them (by subject by default, so no patient is "
             "on two sides), train ARCH (frozen backbone, then fine-tuning; from scratch "
-            "with --weights none), evaluate on the test part at threshold 0.5 and write "
-            "OUT/ (model.keras, bmcd.json, report/)."
+            "with --weights none), tune the threshold on the validation part, evaluate "
+            "on the test part at that threshold and write OUT/ (model.keras, bmcd.json, "
+            "report/)."
         ),
     )
     p.add_argument("data", metavar="DATA", help="dataset folder or CSV manifest")
@@ -135,6 +136,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test", type=_fraction_arg, default=0.2, metavar="F",
                    help="test fraction (default: 0.2)")
     _add_training_settings(p)
+    p.add_argument("--threshold-rule", choices=["youden", "none"], default="youden",
+                   help="youden (default): tune the decision threshold on the validation "
+                        "part (never on the test part), recorded in bmcd.json; none: keep "
+                        "0.5")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)
@@ -163,7 +168,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         clf = Classifier(arch=args.arch, image_size=args.image_size, weights=args.weights,
                          seed=args.seed)
         config = TrainConfig.from_namespace(args, verbose=verbose)
-        result = train_and_evaluate(clf, split, args.out, config=config)
+        rule = None if args.threshold_rule == "none" else args.threshold_rule
+        result = train_and_evaluate(clf, split, args.out, config=config, threshold_rule=rule)
     except ValueError as exc:
         if isinstance(exc, BmcdError):
             raise
@@ -187,13 +193,16 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write metrics.json, plots and report.html here")
     p.add_argument("--batch-size", type=_positive_int_arg, default=32, metavar="N")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: mean p(all) over the 8 flips/rotations "
+                        "(8x the compute)")
     _add_backend_args(p)
     p.set_defaults(func=_cmd_evaluate, parser=p)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     clf = _load_classifier(args)
-    report = clf.evaluate(args.data, batch_size=args.batch_size)
+    report = clf.evaluate(args.data, batch_size=args.batch_size, tta=args.tta)
     if report.synthetic:
         print("NOTE: these data are SYNTHETIC; the scores check the pipeline only.")
     print(report.to_markdown())
@@ -219,6 +228,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help="model directory")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
     p.add_argument("--batch-size", type=_positive_int_arg, default=32, metavar="N")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: mean p(all) over the 8 flips/rotations "
+                        "(8x the compute)")
     _add_backend_args(p)
     p.set_defaults(func=_cmd_predict, parser=p)
 
@@ -246,12 +258,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for start in range(0, len(files), chunk):
         group = files[start : start + chunk]
         try:
-            rows = _predict_rows(clf, group, args.batch_size)
+            rows = _predict_rows(clf, group, args.batch_size, args.tta)
         except ImageReadError:
             rows = []
             for f in group:  # find the unreadable ones, keep the rest
                 try:
-                    rows.extend(_predict_rows(clf, [f], 1))
+                    rows.extend(_predict_rows(clf, [f], 1, args.tta))
                 except ImageReadError as exc:
                     failed += 1
                     print(f"bmcd predict: {printable_path(str(exc))}", file=sys.stderr)
@@ -262,8 +274,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
-def _predict_rows(clf, files: list[str], batch_size: int) -> list[tuple[str, float, str, bool]]:
-    d = clf.predict_details(files, batch_size=batch_size)
+def _predict_rows(
+    clf, files: list[str], batch_size: int, tta: bool = False
+) -> list[tuple[str, float, str, bool]]:
+    d = clf.predict_details(files, batch_size=batch_size, tta=tta)
     return list(zip(files, d["p_all"].tolist(), d["label"].tolist(), d["no_cell"].tolist(),
                     strict=True))
 

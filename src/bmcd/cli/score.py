@@ -98,7 +98,12 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="dask: files per task (default 1024)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=_cmd_score)
+    p.add_argument(
+        "--by-subject", metavar="FILE", default=None,
+        help="also write one row per subject (from C-NMC file names): cells, mean p(all), "
+        "fraction called 'all', subject call (mean p(all) >= threshold)",
+    )
+    p.set_defaults(func=_cmd_score, parser=p)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -107,6 +112,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
     engine = args.engine or ("dask" if args.scheduler else "local")
     if args.scheduler and engine != "dask":
         raise BmcdError("--scheduler needs --engine dask (or leave out --engine).")
+    if args.by_subject and args.out == "-":
+        raise BmcdError(
+            "--by-subject reads the scores back from --out FILE; with --out - there is no file. "
+            "Give --out FILE."
+        )
     summary = score(
         args.model,
         args.inputs,
@@ -124,6 +134,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(summary, file=sys.stderr if args.out == "-" else sys.stdout)
+    if args.by_subject:
+        from ..scoring._subjects import write_subject_table
+
+        res = write_subject_table(summary.out, args.by_subject)
+        print(f"per subject: {res['subjects']} subject(s) from {res['cells']} cell(s) -> "
+              f"{res['out']}")
     if summary.exit_status:
         n = summary.n_errors + summary.n_previous_errors
         print(

@@ -24,8 +24,10 @@ from ._balance import apply_transform, balance_augment, class_weights
 from ._dataset import Dataset
 from ._discovery import load_dataset, resolve_image_paths
 from ._files import is_image_file, iter_image_files
+from ._folds import LINKED_SUBJECTS, linked_subjects_of, subject_folds, subject_groups
 from ._names import LAYOUTS, TRANSFORMS, parse_label, parse_subject
 from ._splits import Split, split_by_subject, split_given, split_random
+from ._tta import TTA_VIEWS, tta_views
 
 __all__ = [
     "CLASSES",
@@ -39,8 +41,14 @@ __all__ = [
     "split_by_subject",
     "split_random",
     "split_given",
+    "subject_folds",
+    "subject_groups",
+    "LINKED_SUBJECTS",
+    "linked_subjects_of",
     "balance_augment",
     "apply_transform",
+    "TTA_VIEWS",
+    "tta_views",
     "class_weights",
     "is_image_file",
     "iter_image_files",

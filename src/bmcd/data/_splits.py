@@ -100,7 +100,9 @@ def split_by_subject(
     """Split so that no subject has images on two sides.
 
     Subjects are stratified by their majority class (in C-NMC every subject is either
-    all-leukemic or all-normal), shuffled with ``seed``, and assigned to test, val and
+    all-leukemic or all-normal); linked subjects (:data:`bmcd.data.LINKED_SUBJECTS`: H2, H4
+    and H5 share images in C-NMC, linked when the dataset holds those duplicates) count as
+    one, shuffled with ``seed``, and assigned to test, val and
     train so that each part gets about the requested fraction of each class's *images*.
     Every non-empty part gets at least one subject of each class.
 
@@ -129,7 +131,17 @@ def split_by_subject(
             f"Name the files the C-NMC way (UID_<subject>_<image>_<cell>_<all|hem>.bmp) or "
             f"give a 'subject' column in a CSV manifest."
         )
-    subj_counts = dataset.subject_counts()
+    # linked subjects (C-NMC files identical images under H2, H4 and H5) are one unit, so
+    # they land on the same side (docs/accuracy.rst)
+    from ._folds import linked_subjects_of, subject_groups
+
+    linked = linked_subjects_of(dataset.paths)
+    unit_of = dict(zip(dataset.subjects, subject_groups(dataset.subjects, linked), strict=True))
+    subj_counts: dict[str, dict[str, int]] = {}
+    for s, c in dataset.subject_counts().items():
+        acc = subj_counts.setdefault(unit_of[s], {k: 0 for k in c})
+        for k, v in c.items():
+            acc[k] = acc.get(k, 0) + v
     by_class: dict[int, list[str]] = {0: [], 1: []}
     for s, c in subj_counts.items():
         by_class[1 if c["all"] >= c["hem"] else 0].append(s)  # type: ignore[arg-type]
@@ -167,7 +179,7 @@ def split_by_subject(
             for s in members:
                 assignment[s] = name
 
-    where = np.array([assignment[s] for s in dataset.subjects])
+    where = np.array([assignment[unit_of[s]] for s in dataset.subjects])
     return Split(
         train=dataset.subset(where == "train"),
         val=dataset.subset(where == "val"),

@@ -61,6 +61,7 @@ from ..errors import (
     ModelFormatError,
     NotFittedError,
 )
+from ..metrics import p_spread
 from ..runtimes.onnx import CAM_OUTPUT, make_session
 from ._common import (
     INPUT_LAYOUT,
@@ -77,7 +78,12 @@ from .cam import cam_graph, cam_parity_keras
 
 # Re-exported: ``from bmcd.exporters.onnx import quantize_int8`` keeps working (the int8
 # step lives in bmcd.exporters.quantize, which never imports this module).
-from .quantize import INT8_MAX_AUC_CHANGE, INT8_MIN_LABEL_AGREEMENT, quantize_int8
+from .quantize import (
+    INT8_MAX_AUC_CHANGE,
+    INT8_MIN_LABEL_AGREEMENT,
+    MIN_P_ALL_STD,
+    quantize_int8,
+)
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -433,9 +439,27 @@ def validate_parity(
         "atol": float(atol),
         "p_keras_min": float(p_keras.min()),
         "p_keras_max": float(p_keras.max()),
+        "p_all_spread": p_spread(p_keras),
+        "p_all_std_min": MIN_P_ALL_STD,
         "finite": finite,
     }
-    record["passed"] = bool(finite and max_diff <= atol and disagreements == 0)
+    # a model that gives (nearly) one p(all) for every sample agrees with any faithful
+    # conversion of itself and with many broken ones: such a check is vacuous, not passed
+    # (docs/models.rst, "Export tolerances")
+    vacuous = finite and not record["p_all_spread"]["std"] >= MIN_P_ALL_STD
+    record["vacuous"] = bool(vacuous)
+    record["passed"] = bool(finite and max_diff <= atol and disagreements == 0 and not vacuous)
+    if check and vacuous:
+        sp = record["p_all_spread"]
+        raise ExportValidationError(
+            f"ONNX export parity check is vacuous on {n} images: the Keras model gives nearly "
+            f"one value for every sample (std of p(all) {sp['std']:.2g} < {MIN_P_ALL_STD:g}, "
+            f"range {sp['min']:.4f}..{sp['max']:.4f}), so agreement (max |dp| "
+            f"{max_diff:.3g}) cannot show a conversion error. The file was not written. The "
+            f"model is degenerate (train it again: check the data and learning rate) or the "
+            f"samples are unlike its training data (pass samples=<your validation images>).",
+            details=record,
+        )
     if check and not record["passed"]:
         raise ExportValidationError(
             f"ONNX export failed validation against Keras on {n} images: max |p_keras - "

@@ -38,9 +38,19 @@ from ._evaluation import (
     CONFUSION_PNG,
     CURVES_PNG,
     METRICS_JSON,
+    RELIABILITY_PNG,
     REPORT_HTML,
     ROC_PNG,
     EvaluationReport,
+)
+from ._intervals import (
+    INTERVAL_METRICS,
+    N_BOOTSTRAP,
+    binomial_upper_bound,
+    bootstrap_intervals,
+    p_spread,
+    reliability,
+    subject_table,
 )
 from ._scores import (
     UndefinedMetricWarning,
@@ -62,10 +72,18 @@ __all__ = [
     "precision_recall_f1",
     "classification_metrics",
     "tune_threshold",
+    "INTERVAL_METRICS",
+    "N_BOOTSTRAP",
+    "binomial_upper_bound",
+    "bootstrap_intervals",
+    "p_spread",
+    "reliability",
+    "subject_table",
     "EvaluationReport",
     "METRICS_JSON",
     "ROC_PNG",
     "CONFUSION_PNG",
     "CURVES_PNG",
+    "RELIABILITY_PNG",
     "REPORT_HTML",
 ]

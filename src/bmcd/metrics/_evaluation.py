@@ -17,13 +17,16 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..artifact import CLASSES
 from ..errors import ConfigError, MissingFileError, ModelFormatError
-from ._scores import _as_labels, _as_scores, _check_same_length, _div, classification_metrics
+from ._intervals import bootstrap_intervals, reliability, subject_table
+from ._scores import _as_labels, _as_scores, _check_same_length, classification_metrics
 
 METRICS_JSON = "metrics.json"
 ROC_PNG = "roc.png"
 CONFUSION_PNG = "confusion.png"
 CURVES_PNG = "curves.png"
+RELIABILITY_PNG = "reliability.png"
 REPORT_HTML = "report.html"
 
 _REPORT_FORMAT = 1
@@ -57,6 +60,16 @@ def _nan_if_none(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
 
+def _intervals_from_json(d: Any) -> dict[str, Any]:
+    """``None`` interval ends (NaN in JSON) back to NaN."""
+    if not isinstance(d, Mapping):
+        return {}
+    out = dict(d)
+    out["metrics"] = {k: [_nan_if_none(v) for v in lohi]
+                      for k, lohi in (d.get("metrics") or {}).items()}
+    return out
+
+
 def format_value(v: Any) -> str:
     """A metric as text: floats with 4 decimals, NaN / inf as ``"n/a"``."""
     if isinstance(v, float):
@@ -85,7 +98,16 @@ class EvaluationReport:
     subjects, paths : list of str, optional
         Subject id and image path of each cell.
     per_subject : dict
-        subject -> {n, hem, all, correct, accuracy, mean_p_all}; empty without subjects.
+        subject -> {n, hem, all, correct, accuracy, mean_p_all, frac_called_all, call,
+        true_class} (see :func:`~bmcd.metrics.subject_table`: the subject-level call is
+        ``"all"`` when the subject's mean p(all) >= threshold); empty without subjects.
+    intervals : dict
+        95% bootstrap intervals of the headline metrics
+        (:func:`~bmcd.metrics.bootstrap_intervals`): over subjects when they are known,
+        else over cells (``intervals["unit"]`` says which).
+    calibration : dict
+        Reliability diagram bins and expected calibration error
+        (:func:`~bmcd.metrics.reliability`).
     history : dict, optional
         Training history (Keras ``History.history``, or ``{"phases": [...]}``).
     model_info, dataset_info : dict
@@ -115,6 +137,8 @@ class EvaluationReport:
     subjects: list[str] | None = None
     paths: list[str] | None = None
     per_subject: dict[str, dict[str, Any]] = field(default_factory=dict)
+    intervals: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
     history: Any = None
     model_info: dict[str, Any] = field(default_factory=dict)
     dataset_info: dict[str, Any] = field(default_factory=dict)
@@ -169,21 +193,13 @@ class EvaluationReport:
                 )
         metrics = classification_metrics(t, p, threshold=threshold)
         per_subject: dict[str, dict[str, Any]] = {}
-        if subj is not None:
-            pred = (p >= metrics["threshold"]).astype(np.int64)
-            sub_arr = np.asarray(subj, dtype=object)
-            for s in sorted(set(subj)):
-                m = sub_arr == s
-                n = int(m.sum())
-                correct = int((pred[m] == t[m]).sum())
-                per_subject[s] = {
-                    "n": n,
-                    "hem": int((t[m] == 0).sum()),
-                    "all": int((t[m] == 1).sum()),
-                    "correct": correct,
-                    "accuracy": _div(correct, n),
-                    "mean_p_all": float(p[m].mean()),
-                }
+        # "?" marks a cell of unknown subject (Classifier.evaluate): not a subject
+        known = subj is not None and any(s != "?" for s in subj)
+        if subj is not None and t.size:
+            per_subject = subject_table(p, subj, metrics["threshold"], y_true=t)
+        intervals = bootstrap_intervals(t, p, metrics["threshold"],
+                                        subjects=subj if known else None) if t.size else {}
+        calibration = reliability(t, p) if t.size else {}
         return cls(
             metrics=metrics,
             y_true=t,
@@ -191,6 +207,8 @@ class EvaluationReport:
             subjects=subj,
             paths=pths,
             per_subject=per_subject,
+            intervals=intervals,
+            calibration=calibration,
             history=history,
             model_info=dict(model_info or {}),
             dataset_info=dict(dataset_info or {}),
@@ -287,6 +305,21 @@ class EvaluationReport:
                 "recall", "sensitivity", "specificity", "f1", "f1_weighted", "f1_macro",
                 "roc_auc", "confusion_matrix")
         out = {k: self.metrics[k] for k in keys if k in self.metrics}
+        if self.intervals:
+            out["intervals"] = self.intervals
+        if self.calibration:
+            out["ece"] = self.calibration.get("ece")
+        if self.per_subject:
+            calls = [r for r in self.per_subject.values() if r.get("true_class") in CLASSES]
+            out["subjects"] = {
+                "n": len(self.per_subject),
+                "called_correctly": sum(r["call"] == r["true_class"] for r in calls),
+                "with_known_class": len(calls),
+                "accuracy_min": min(r.get("accuracy", float("nan"))
+                                    for r in self.per_subject.values()),
+                "accuracy_max": max(r.get("accuracy", float("nan"))
+                                    for r in self.per_subject.values()),
+            }
         if self.synthetic:
             out["synthetic"] = True
         return jsonable(out)
@@ -304,6 +337,8 @@ class EvaluationReport:
             "bmcd_version": __version__,
             "metrics": self.metrics,
             "per_subject": self.per_subject,
+            "intervals": self.intervals,
+            "calibration": self.calibration,
             "history": self.history,
             "model_info": self.model_info,
             "dataset_info": self.dataset_info,
@@ -338,6 +373,8 @@ class EvaluationReport:
             subjects=preds.get("subjects"),
             paths=preds.get("paths"),
             per_subject=dict(d.get("per_subject") or {}),
+            intervals=_intervals_from_json(d.get("intervals")),
+            calibration=dict(d.get("calibration") or {}),
             history=d.get("history"),
             model_info=dict(d.get("model_info") or {}),
             dataset_info=dict(d.get("dataset_info") or {}),

@@ -1,6 +1,10 @@
 """The numbers: labels and scores in, classification metrics, ROC / AUC and thresholds out.
 
-Plain numpy, no plotting. The conventions are those of :mod:`bmcd.metrics`.
+The metrics scikit-learn provides (confusion matrix, ROC curve and AUC, precision / recall
+/ F1, balanced accuracy) come from ``sklearn.metrics`` (docs/architecture.rst, "bmcd.metrics
+and bmcd.report"); this module checks the inputs, fixes the class order ``(hem, all)`` and
+turns scikit-learn's warnings for undefined values into :class:`UndefinedMetricWarning`.
+No plotting. The conventions are those of :mod:`bmcd.metrics`.
 """
 
 from __future__ import annotations
@@ -127,10 +131,14 @@ def confusion_matrix(y_true: Any, y_pred: Any) -> np.ndarray:
     >>> confusion_matrix([0, 0, 1, 1, 1], [0, 1, 1, 1, 0]).tolist()
     [[1, 1], [1, 2]]
     """
+    from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
+
     t = _as_labels(y_true, "y_true")
     p = _as_labels(y_pred, "y_pred")
     _check_same_length(t, p, ("y_true", "y_pred"))
-    return np.bincount(2 * t + p, minlength=4).reshape(2, 2).astype(np.int64)
+    if t.size == 0:
+        return np.zeros((2, 2), dtype=np.int64)
+    return _sk_confusion_matrix(t, p, labels=[0, 1]).astype(np.int64)
 
 
 def _binary_clf_curve(t: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -174,47 +182,47 @@ def roc_curve(y_true: Any, p: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     >>> fpr.tolist(), tpr.tolist()
     ([0.0, 0.0, 0.5, 0.5, 1.0], [0.0, 0.5, 0.5, 1.0, 1.0])
     """
+    from sklearn.metrics import roc_curve as _sk_roc_curve
+
     t = _as_labels(y_true)
     s = _as_scores(p, "p")
     _check_same_length(t, s, ("y_true", "p"))
-    fps, tps, thr = _binary_clf_curve(t, s)
-    fps = np.r_[0, fps].astype(np.float64)
-    tps = np.r_[0, tps].astype(np.float64)
-    thresholds = np.r_[np.inf, thr]
-    n_pos, n_neg = tps[-1], fps[-1]
+    n_pos = int(t.sum())
+    n_neg = int(t.size - n_pos)
+    if t.size:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bmcd warns below, with its own class
+            fpr, tpr, thresholds = _sk_roc_curve(t, s, pos_label=1, drop_intermediate=False)
+        thresholds = np.asarray(thresholds, dtype=np.float64)
+        thresholds[0] = np.inf  # scikit-learn's convention since 1.3, older ones used max+1
+    else:
+        fpr = tpr = np.zeros(1)
+        thresholds = np.array([np.inf])
     if n_neg == 0:
         warnings.warn(
             "No 'hem' (negative) samples in y_true: the false positive rate is undefined (NaN).",
             UndefinedMetricWarning,
             stacklevel=2,
         )
-        fpr = np.full_like(fps, np.nan)
+        fpr = np.full(len(thresholds), np.nan)
     else:
-        fpr = fps / n_neg
+        fpr = np.asarray(fpr, dtype=np.float64)
     if n_pos == 0:
         warnings.warn(
             "No 'all' (positive) samples in y_true: the true positive rate is undefined (NaN).",
             UndefinedMetricWarning,
             stacklevel=2,
         )
-        tpr = np.full_like(tps, np.nan)
+        tpr = np.full(len(thresholds), np.nan)
     else:
-        tpr = tps / n_pos
+        tpr = np.asarray(tpr, dtype=np.float64)
     return fpr, tpr, thresholds
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, tied values sharing the mean of their ranks (midranks)."""
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    upper = np.cumsum(counts)  # rank of the last element of each tie group
-    mid = upper - (counts - 1) / 2.0
-    return mid[inverse.reshape(-1)]
-
-
 def roc_auc(y_true: Any, p: Any) -> float:
-    """Area under the ROC curve, by the Mann-Whitney U statistic.
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``).
 
-    Equals the probability that a random ``"all"`` cell scores higher than a random
+    Equals the Mann-Whitney U statistic: the probability that a random ``"all"`` cell scores higher than a random
     ``"hem"`` cell, ties counting one half (midranks), i.e. exactly the trapezoidal area
     under :func:`roc_curve`.
 
@@ -248,9 +256,9 @@ def roc_auc(y_true: Any, p: Any) -> float:
             stacklevel=2,
         )
         return float("nan")
-    ranks = _average_ranks(s)
-    u = ranks[t == 1].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(t, s))
 
 
 def precision_recall_f1(
@@ -285,14 +293,17 @@ def precision_recall_f1(
         if pos_label not in (0, 1):
             raise ConfigError(f"pos_label must be 0 (hem) or 1 (all); received {pos_label!r}.")
         k = int(pos_label)
-    cm = confusion_matrix(y_true, y_pred)
-    tp = cm[k, k]
-    predicted = cm[:, k].sum()
-    actual = cm[k, :].sum()
-    precision = _div(tp, predicted)
-    recall = _div(tp, actual)
-    f1 = _div(2 * tp, predicted + actual)  # = 2PR/(P+R), 0 when both are 0
-    return precision, recall, f1
+    from sklearn.metrics import precision_recall_fscore_support
+
+    t = _as_labels(y_true, "y_true")
+    p = _as_labels(y_pred, "y_pred")
+    _check_same_length(t, p, ("y_true", "y_pred"))
+    if t.size == 0:
+        return 0.0, 0.0, 0.0
+    prec, rec, f1, _ = precision_recall_fscore_support(
+        t, p, labels=[k], average=None, zero_division=0.0
+    )
+    return float(prec[0]), float(rec[0]), float(f1[0])
 
 
 def classification_metrics(y_true: Any, p_all: Any, threshold: float = 0.5) -> dict[str, Any]:
@@ -336,7 +347,14 @@ def classification_metrics(y_true: Any, p_all: Any, threshold: float = 0.5) -> d
     for k, name in enumerate(CLASSES):
         prec, rec, f1 = precision_recall_f1(t, pred, pos_label=k)
         per_class[name] = {"precision": prec, "recall": rec, "f1": f1, "support": support[name]}
-    recalls_present = [per_class[c]["recall"] for c in CLASSES if support[c] > 0]
+    if n:
+        from sklearn.metrics import balanced_accuracy_score
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
+            balanced = float(balanced_accuracy_score(t, pred))
+    else:
+        balanced = 0.0
     if support["hem"] > 0 and support["all"] > 0:
         auc = roc_auc(t, p)
     else:
@@ -354,7 +372,7 @@ def classification_metrics(y_true: Any, p_all: Any, threshold: float = 0.5) -> d
         "predicted_counts": {"hem": tn + fn, "all": fp + tp},
         "threshold": threshold,
         "accuracy": _div(tn + tp, n),
-        "balanced_accuracy": float(np.mean(recalls_present)) if recalls_present else 0.0,
+        "balanced_accuracy": balanced,
         "precision": per_class["all"]["precision"],
         "recall": per_class["all"]["recall"],
         "sensitivity": per_class["all"]["recall"],

@@ -88,7 +88,7 @@ def train_model(
         A key of :data:`~bmcd.training.ARCHITECTURES`.
     pretrained : bool
         Whether the backbone starts from pretrained weights (two phases) or not (one).
-    config : TrainConfig, optional
+    config : bmcd.training.config.TrainConfig, optional
         The training settings (default: ``TrainConfig()``).
     seed : int
         Seeds shuffling, balancing and augmentation.
