@@ -21,12 +21,13 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .errors import ConfigTypeError, ModelFormatError
+from .errors import ConfigError, ConfigTypeError, ModelFormatError
 from .preprocessing import PreprocessConfig
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "atomic_write_bytes",
     "file_sha256",
     "verify_export_sha256",
+    "resolve_model_file",
     "rehash_exports",
 ]
 
@@ -282,6 +284,11 @@ class ModelMeta:
                                             metrics=metrics, exports=exports))
 
     @classmethod
+    def coerce(cls, meta: ModelMeta | dict[str, Any], source: str = MODEL_JSON) -> ModelMeta:
+        """``meta`` itself when it is a :class:`ModelMeta`, else :meth:`from_dict` of it."""
+        return meta if isinstance(meta, ModelMeta) else cls.from_dict(meta, source=source)
+
+    @classmethod
     def from_dict(cls, doc: Any, source: str = MODEL_JSON) -> ModelMeta:
         """Validate a ``bmcd.json`` document and return its typed view.
 
@@ -323,6 +330,21 @@ class ModelMeta:
         }
         doc.update(self.extra)
         return doc
+
+    def export(self, key: str) -> dict[str, Any] | None:
+        """The ``exports.<key>`` record, or None when there is none.
+
+        Keys bmcd writes: ``"onnx"`` (:func:`bmcd.exporters.export_onnx`), ``"onnx_int8"``
+        (the int8 file and its gate), ``"openvino_bf16"`` (the bf16 gate).
+        """
+        return self.exports.get(key)
+
+    def export_for_file(self, file_name: str) -> tuple[str, dict[str, Any]] | None:
+        """``(key, record)`` of the export record of ``file_name`` that carries a sha256."""
+        for key, rec in self.exports.items():
+            if isinstance(rec, dict) and rec.get("file") == file_name and rec.get("sha256"):
+                return key, rec
+        return None
 
     def write(self, model_dir: str | os.PathLike) -> Path:
         """Validate and write ``model_dir/bmcd.json`` atomically; return its path."""
@@ -433,14 +455,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _export_record_for(meta: dict[str, Any], file_name: str) -> tuple[str, dict] | None:
-    for key, rec in (meta.get("exports") or {}).items():
-        if isinstance(rec, dict) and rec.get("file") == file_name and rec.get("sha256"):
-            return key, rec
-    return None
-
-
-def verify_export_sha256(model_dir: str | os.PathLike, meta: dict[str, Any],
+def verify_export_sha256(model_dir: str | os.PathLike, meta: ModelMeta | dict[str, Any],
                          file: str | os.PathLike) -> str | None:
     """Check an exported file against the sha256 its ``bmcd.json`` records.
 
@@ -460,7 +475,9 @@ def verify_export_sha256(model_dir: str | os.PathLike, meta: dict[str, Any],
         The file's sha256 differs from the recorded one.
     """
     file = Path(file)
-    found = _export_record_for(meta, file.name)
+    found = ModelMeta.coerce(meta, source=str(Path(model_dir) / MODEL_JSON)).export_for_file(
+        file.name
+    )
     if found is None:
         return None
     key, rec = found
@@ -474,6 +491,58 @@ def verify_export_sha256(model_dir: str | os.PathLike, meta: dict[str, Any],
             f"`bmcd export {model_dir} --rehash` (bmcd.artifact.rehash_exports)."
         )
     return actual
+
+
+def resolve_model_file(
+    path: str | os.PathLike, precision: str, files: Mapping[str, str]
+) -> tuple[Path, ModelMeta | None]:
+    """The file a backend loads for ``precision``, and the model's metadata.
+
+    The one resolution of a model path for the ONNX Runtime and OpenVINO backends.
+
+    Parameters
+    ----------
+    path : path
+        A model directory (its ``bmcd.json`` is read, and the file's sha256 is checked
+        against the one recorded there, :func:`verify_export_sha256`) or a bare ``.onnx``
+        file (whose own metadata the backend reads).
+    precision : str
+        A key of ``files``.
+    files : mapping
+        Precision -> file name inside a model directory (a backend's ``PRECISIONS``).
+
+    Returns
+    -------
+    (Path, ModelMeta or None)
+        The file to load, and the directory's metadata (None for a bare file).
+
+    Raises
+    ------
+    ConfigError
+        ``precision`` is not a key of ``files``.
+    ModelFormatError
+        ``path`` does not exist, the directory is not a valid model directory, lacks the
+        file for ``precision``, or the file differs from its recorded sha256.
+    """
+    if precision not in files:
+        raise ConfigError(f"precision must be one of {sorted(files)}, received {precision!r}.")
+    p = Path(path)
+    if p.is_dir():
+        meta = read_model_meta(p)
+        file = p / files[precision]
+        if not file.is_file():
+            flag = " --int8" if precision == "int8" else ""
+            raise ModelFormatError(
+                f"Model directory '{p}' has no {files[precision]}. Export it first: "
+                f"`bmcd export {p}{flag}`."
+            )
+        verify_export_sha256(p, meta, file)  # a swapped file is refused
+        return file, meta
+    if p.is_file():
+        return p, None  # the backend reads the file's own metadata
+    raise ModelFormatError(
+        f"Expected a bmcd model directory or an .onnx file, but '{p}' does not exist."
+    )
 
 
 def rehash_exports(model_dir: str | os.PathLike) -> dict[str, str]:

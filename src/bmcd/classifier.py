@@ -592,7 +592,7 @@ class Classifier:
             "backend": getattr(self.backend_, "name", type(self.backend_).__name__),
             "threshold": self.threshold_,
             "weights": training.get("weights", "unknown") if training else "unknown",
-            "bmcd_version": self.meta_.get("bmcd_version"),
+            "bmcd_version": mm.bmcd_version,
         }
         if training:
             info["training"] = training.get("note")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .artifact import ModelMeta
 from .errors import ConfigTypeError
 from .labels import label_indices
 from .training import TrainConfig, train_and_evaluate
@@ -139,7 +140,7 @@ def run_demo(
     )
     seconds.update(result["seconds"])
     report = result["report"]
-    tuning = (clf.meta_.get("training") or {}).get("threshold_tuning") or {}
+    tuning = ModelMeta.from_dict(clf.meta_).training.get("threshold_tuning") or {}
     how = ("tuned on the validation subjects" if tuning.get("method") and "previous" in tuning
            else "not tuned")
     say(f"[4/7] evaluated on the {len(split.test)} test images of held-out subjects "

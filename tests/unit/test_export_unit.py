@@ -25,6 +25,7 @@ from bmcd.artifact import (  # noqa: E402
     MODEL_JSON,
     ONNX_FILE,
     ONNX_INT8_FILE,
+    file_sha256,
     new_model_json,
     parse_onnx_metadata,
     read_model_json,
@@ -426,7 +427,7 @@ def test_gate_numbers_on_hand_made_scores():
 def test_quantize_int8_writes_a_gated_self_describing_file(conv_dir, cells):
     from bmcd.runtimes.onnx import OnnxRuntimeBackend
 
-    update_model_json(conv_dir, "exports", "onnx", {"sha256": common._sha256(conv_dir / ONNX_FILE)})
+    update_model_json(conv_dir, "exports", "onnx", {"sha256": file_sha256(conv_dir / ONNX_FILE)})
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # 100 calibration images: no warning
         rec = ex.quantize_int8(conv_dir, n=100, n_validation=None)
@@ -434,8 +435,8 @@ def test_quantize_int8_writes_a_gated_self_describing_file(conv_dir, cells):
     assert Path(rec["path"]) == out and out.is_file() and not _leftovers(conv_dir)
     meta = read_model_json(conv_dir)
     stored = meta["exports"]["onnx_int8"]
-    assert stored["sha256"] == common._sha256(out) and stored["bytes"] == out.stat().st_size
-    assert stored["source_sha256"] == common._sha256(conv_dir / ONNX_FILE)
+    assert stored["sha256"] == file_sha256(out) and stored["bytes"] == out.stat().st_size
+    assert stored["source_sha256"] == file_sha256(conv_dir / ONNX_FILE)
     assert stored["quant_format"] == "QDQ" and stored["per_channel"] is True
     assert stored["calibration"]["n"] == 100 and "synthetic" in stored["calibration"]["source"]
     g = stored["gate"]

@@ -222,12 +222,12 @@ def backend_available(
         if backend == "ov_bf16" and not cpu_supports_bf16():
             return False, "this CPU has no native bf16 (AVX512-BF16 / AMX)"
         if backend == "ov_bf16" and not force_bf16:
-            from ..artifact import read_model_json
+            from ..artifact import read_model_meta
             from ..errors import BmcdError
             from ..runtimes.openvino import check_bf16_gate
 
             try:
-                check_bf16_gate(Path(model_dir) / f, read_model_json(model_dir))
+                check_bf16_gate(Path(model_dir) / f, read_model_meta(model_dir))
             except BmcdError:
                 return False, f"no passed bf16 gate in bmcd.json (run `bmcd export {model_dir} --bf16`)"
     return True, ""

@@ -1,14 +1,14 @@
 """Helpers shared by the ONNX exporter and the int8 quantizer (see docs/architecture.rst).
 
-File handling (hashes, temporary files, timestamps), the ``metadata_props`` written into
-every bmcd ONNX file, and batched ONNX Runtime inference. Sessions themselves come from
+File handling (temporary files, timestamps; the hash is :func:`bmcd.artifact.file_sha256`),
+the ``metadata_props`` written into every bmcd ONNX file, and batched ONNX Runtime
+inference. Sessions themselves come from
 :func:`bmcd.runtimes.onnx.make_session`, the one session factory.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -21,19 +21,6 @@ from ..artifact import INPUT_NAME, OUTPUT_NAME, ModelMeta, onnx_metadata
 
 #: The input contract of every bmcd ONNX file (kept NHWC whatever the internal layout).
 INPUT_LAYOUT = "NHWC"
-
-
-def _as_meta(meta: ModelMeta | dict[str, Any]) -> ModelMeta:
-    """A :class:`~bmcd.artifact.ModelMeta` from itself or from a ``bmcd.json`` document."""
-    return meta if isinstance(meta, ModelMeta) else ModelMeta.from_dict(meta)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _now() -> str:
@@ -65,7 +52,7 @@ def _run_session(session, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 def _human_metadata(meta: ModelMeta | dict[str, Any], precision: str) -> dict[str, str]:
     """``metadata_props``: the machine-readable "bmcd" JSON plus plain keys for humans."""
-    m = _as_meta(meta)
+    m = ModelMeta.coerce(meta)
     props = dict(onnx_metadata(m.to_dict()))
     props.update(
         {

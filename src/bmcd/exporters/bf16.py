@@ -33,9 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import MODEL_JSON, ONNX_FILE, read_model_json, update_model_json
+from ..artifact import MODEL_JSON, ONNX_FILE, file_sha256, read_model_meta, update_model_json
 from ..errors import ExportValidationError, ModelFormatError
-from ..preprocessing import PreprocessConfig
 
 # The int8 gate's rules, constants and sample loading are reused as they are, so both gates
 # stay one rule (package-private helpers of bmcd.exporters).
@@ -133,37 +132,37 @@ def gate_bf16(
         BF16_EXPORT_KEY,
         OpenVINOBackend,
         cpu_description,
-        file_sha256,
         openvino_module,
     )
 
     ov = openvino_module()
     d = Path(model_dir)
-    meta = read_model_json(d)
+    meta = read_model_meta(d)
     fp32 = d / ONNX_FILE
     if not fp32.is_file():
         raise ModelFormatError(
             f"'{d}' has no {ONNX_FILE} to gate. Export it first: `bmcd export {d} --bf16`."
         )
     sha = file_sha256(fp32)
-    recorded = (meta.get("exports", {}).get("onnx") or {}).get("sha256")
+    recorded = (meta.export("onnx") or {}).get("sha256")
     if recorded and recorded != sha:
         raise ModelFormatError(
             f"'{fp32}' does not match the sha256 recorded in {MODEL_JSON} (recorded "
             f"{recorded[:12]}..., file {sha[:12]}...): it changed after export. Re-export it "
             f"with `bmcd export {d}`."
         )
-    config = PreprocessConfig.from_dict(meta["preprocess"])
-    threshold = float(meta["threshold"])
+    config = meta.preprocess
+    threshold = float(meta.threshold)
     b = max(1, int(batch_size))
 
     # bf16 first: on a CPU without native bf16 this raises ConfigError before any work
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*without a passed gate.*")
         warnings.filterwarnings("ignore", message=".*although its bf16 gate failed.*")
-        be16 = OpenVINOBackend(fp32, meta, precision="bf16", force_bf16=True,
+        be16 = OpenVINOBackend(fp32, meta.to_dict(), precision="bf16", force_bf16=True,
                                intra_op_threads=intra_op_threads)
-    be32 = OnnxRuntimeBackend(fp32, meta, precision="fp32", intra_op_threads=intra_op_threads)
+    be32 = OnnxRuntimeBackend(fp32, meta.to_dict(), precision="fp32",
+                              intra_op_threads=intra_op_threads)
     val = _resolve_samples(
         samples, config, default_n=DEFAULT_INT8_VALIDATION, limit=n, seed=_SEED_VALIDATION,
         purpose="the bf16 gate (held out)",

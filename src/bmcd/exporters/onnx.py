@@ -51,6 +51,7 @@ from ..artifact import (
     ONNX_INT8_FILE,
     OUTPUT_NAME,
     ModelMeta,
+    file_sha256,
     read_model_meta,
     update_model_json,
 )
@@ -65,12 +66,10 @@ from ..metrics import p_spread
 from ..runtimes.onnx import CAM_OUTPUT, make_session
 from ._common import (
     INPUT_LAYOUT,
-    _as_meta,
     _human_metadata,
     _now,
     _run_session,
     _set_metadata,
-    _sha256,
     _temp_path,
 )
 from ._samples import _resolve_samples
@@ -610,7 +609,7 @@ def export_onnx(
         "file": ONNX_FILE,
         "opset": real_opset,
         "ir_version": real_ir,
-        "sha256": _sha256(final),
+        "sha256": file_sha256(final),
         "bytes": final.stat().st_size,
         "input": f"{INPUT_NAME} float32 (batch, {S}, {S}, 3) {INPUT_LAYOUT}",
         "output": OUTPUT_NAME if no_cam else f"{OUTPUT_NAME}, {CAM_OUTPUT}",
@@ -630,8 +629,8 @@ def export_onnx(
 
 def _drop_stale_int8(model_dir: Path, meta: ModelMeta | dict[str, Any], fp32_sha: str) -> None:
     """An int8 file made from an earlier model.onnx no longer matches: remove it and its record."""
-    meta = _as_meta(meta)
-    rec = meta.exports.get("onnx_int8")
+    meta = ModelMeta.coerce(meta)
+    rec = meta.export("onnx_int8")
     path = model_dir / ONNX_INT8_FILE
     if rec is None and not path.exists():
         return

@@ -27,12 +27,13 @@ from ..artifact import (
     MODEL_JSON,
     ONNX_FILE,
     ONNX_INT8_FILE,
+    file_sha256,
     read_model_meta,
     update_model_json,
 )
 from ..errors import ConfigError, ExportValidationError, ModelFormatError
 from ..runtimes.onnx import CAM_OUTPUT, make_session
-from ._common import _human_metadata, _now, _run_session, _set_metadata, _sha256, _temp_path
+from ._common import _human_metadata, _now, _run_session, _set_metadata, _temp_path
 from ._samples import _resolve_samples
 from .cam import CAM_INT8_MIN_CORRELATION, CAM_INT8_RTOL, cam_parity, onnx_cams
 
@@ -422,8 +423,8 @@ def _quantize(
             f"'{d}' has no {ONNX_FILE} to quantize. Export it first: export_onnx('{d}') or "
             f"`bmcd export {d} --int8`."
         )
-    fp32_rec = meta.exports.get("onnx") or {}
-    fp32_sha = _sha256(fp32)
+    fp32_rec = meta.export("onnx") or {}
+    fp32_sha = file_sha256(fp32)
     if fp32_rec.get("sha256") and fp32_rec["sha256"] != fp32_sha:
         raise ModelFormatError(
             f"'{fp32}' does not match the sha256 recorded in {MODEL_JSON} (recorded "
@@ -564,7 +565,7 @@ def _quantize(
         )
     record = {
         "file": ONNX_INT8_FILE,
-        "sha256": _sha256(final),
+        "sha256": file_sha256(final),
         "bytes": final.stat().st_size,
         "source_sha256": fp32_sha,
         "quant_format": quant_format,

@@ -12,13 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import (
-    ONNX_FILE,
-    ONNX_INT8_FILE,
-    parse_onnx_metadata,
-    read_model_meta,
-    verify_export_sha256,
-)
+from ..artifact import ONNX_FILE, ONNX_INT8_FILE, parse_onnx_metadata, resolve_model_file
 from ..errors import CamUnavailableError, ConfigError, ModelFormatError
 from ..preprocessing import default_workers
 from . import Backend, register_backend
@@ -221,47 +215,16 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def load(
-        cls,
-        path: str | os.PathLike,
-        *,
-        precision: str = "fp32",
-        providers: list[str] | tuple[str, ...] | None = None,
-        intra_op_threads: int | None = None,
-        inter_op_threads: int = 1,
-        allow_spinning: bool = True,
+        cls, path: str | os.PathLike, *, precision: str = "fp32", **options: Any
     ) -> OnnxRuntimeBackend:
         """Load from a model directory (``model.onnx`` / ``model.int8.onnx``) or a bare ``.onnx``.
 
         A bare file must carry bmcd metadata (written by :func:`bmcd.exporters.export_onnx`).
+        Other keyword arguments (``providers``, ``intra_op_threads``, ``inter_op_threads``,
+        ``allow_spinning``) are the constructor's.
         """
-        p = Path(path)
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, received {precision!r}.")
-        if p.is_dir():
-            meta = read_model_meta(p).to_dict()
-            file = p / PRECISIONS[precision]
-            if not file.is_file():
-                flag = " --int8" if precision == "int8" else ""
-                raise ModelFormatError(
-                    f"Model directory '{p}' has no {PRECISIONS[precision]}. Export it first: "
-                    f"`bmcd export {p}{flag}`."
-                )
-            verify_export_sha256(p, meta, file)  # a swapped file is refused
-        elif p.is_file():
-            file, meta = p, None  # read from the file's own metadata
-        else:
-            raise ModelFormatError(
-                f"Expected a bmcd model directory or an .onnx file, but '{p}' does not exist."
-            )
-        return cls(
-            file,
-            meta,
-            precision=precision,
-            providers=providers,
-            intra_op_threads=intra_op_threads,
-            inter_op_threads=inter_op_threads,
-            allow_spinning=allow_spinning,
-        )
+        file, meta = resolve_model_file(path, precision, PRECISIONS)
+        return cls(file, meta.to_dict() if meta else None, precision=precision, **options)
 
     # -- inference ----------------------------------------------------------------------
     def predict_batch(self, x: np.ndarray) -> np.ndarray:

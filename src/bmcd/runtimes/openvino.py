@@ -28,8 +28,6 @@ e.g. on a Dask worker), like :class:`bmcd.runtimes.onnx.OnnxRuntimeBackend`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import warnings
@@ -45,9 +43,11 @@ from ..artifact import (
     ONNX_FILE,
     ONNX_INT8_FILE,
     ONNX_METADATA_KEY,
+    ModelMeta,
+    file_sha256,
     parse_onnx_metadata,
-    read_model_json,
-    verify_export_sha256,
+    read_model_meta,
+    resolve_model_file,
 )
 from ..errors import ConfigError, MissingDependencyError, ModelFormatError
 from ..preprocessing import default_workers
@@ -145,17 +145,8 @@ def cpu_description() -> dict[str, Any]:
     return info
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (the key that ties a gate record to one ``model.onnx``)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_bf16_gate(
-    model_file: str | os.PathLike, meta: dict[str, Any] | None, *, force: bool = False
+    model_file: str | os.PathLike, meta: ModelMeta | dict[str, Any] | None, *, force: bool = False
 ) -> dict[str, Any] | None:
     """Refuse bf16 unless ``meta`` records a passed bf16 gate for this very ``model_file``.
 
@@ -163,8 +154,8 @@ def check_bf16_gate(
     ----------
     model_file : path
         The fp32 ``model.onnx`` that bf16 would run.
-    meta : dict or None
-        The model's ``bmcd.json`` document (its ``exports.openvino_bf16`` record).
+    meta : ModelMeta, dict or None
+        The model's ``bmcd.json`` (its ``exports.openvino_bf16`` record).
     force : bool
         Use bf16 without a passed gate (a warning says so).
 
@@ -178,7 +169,7 @@ def check_bf16_gate(
     ModelFormatError
         No gate record, a failed gate, or a gate run on a different ``model.onnx``.
     """
-    rec = ((meta or {}).get("exports") or {}).get(BF16_EXPORT_KEY)
+    rec = ModelMeta.coerce(meta).export(BF16_EXPORT_KEY) if meta is not None else None
     where = Path(model_file).parent
     fix = (
         f"Run the bf16 gate first: `bmcd export {where} --bf16` (or "
@@ -348,17 +339,17 @@ class OpenVINOBackend(Backend):
         self._compiled = self._compile()
 
     # -- construction -------------------------------------------------------------------
-    def _gate_meta(self) -> dict[str, Any] | None:
+    def _gate_meta(self) -> ModelMeta | None:
         """The document holding the bf16 gate: ``meta``, else a ``bmcd.json`` beside the file."""
-        if (self.meta or {}).get("exports"):
-            return self.meta
-        sibling = self.model_path.parent / MODEL_JSON
-        if sibling.is_file():
+        meta = ModelMeta.coerce(self.meta) if self.meta is not None else None
+        if meta is not None and meta.exports:
+            return meta
+        if (self.model_path.parent / MODEL_JSON).is_file():
             try:
-                return json.loads(sibling.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return self.meta
-        return self.meta
+                return read_model_meta(self.model_path.parent)
+            except (OSError, ValueError):  # unreadable or invalid (ModelFormatError)
+                return meta
+        return meta
 
     def _config(self) -> dict[str, Any]:
         """The compile-time properties, all explicit (string keys: stable across releases)."""
@@ -419,7 +410,7 @@ class OpenVINOBackend(Backend):
         if self.meta is None:
             self.meta = _read_onnx_meta(model, self.model_path)
         shape = model.inputs[0].get_partial_shape()
-        S = int(self.meta["image_size"])
+        S = self.image_size
         dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
         if len(dims) != 4 or dims[1:] != [S, S, 3]:
             raise ModelFormatError(
@@ -441,53 +432,18 @@ class OpenVINOBackend(Backend):
 
     @classmethod
     def load(
-        cls,
-        path: str | os.PathLike,
-        *,
-        precision: str = "fp32",
-        intra_op_threads: int | None = None,
-        num_streams: int = 1,
-        performance_hint: str = "LATENCY",
-        cpu_pinning: bool | None = None,
-        force_bf16: bool = False,
+        cls, path: str | os.PathLike, *, precision: str = "fp32", **options: Any
     ) -> OpenVINOBackend:
         """Load from a model directory (``model.onnx`` / ``model.int8.onnx``) or a bare ``.onnx``.
 
         A bare file must carry bmcd metadata (written by :func:`bmcd.exporters.export_onnx`).
         For "bf16" the gate record is read from the directory's ``bmcd.json`` (for a bare
-        file: a ``bmcd.json`` beside it, if any).
+        file: a ``bmcd.json`` beside it, if any). Other keyword arguments
+        (``intra_op_threads``, ``num_streams``, ``performance_hint``, ``cpu_pinning``,
+        ``force_bf16``) are the constructor's.
         """
-        p = Path(path)
-        if precision not in PRECISIONS:
-            raise ConfigError(
-                f"precision must be one of {sorted(PRECISIONS)}, received {precision!r}."
-            )
-        if p.is_dir():
-            meta = read_model_json(p)
-            file = p / PRECISIONS[precision]
-            if not file.is_file():
-                flag = " --int8" if precision == "int8" else ""
-                raise ModelFormatError(
-                    f"Model directory '{p}' has no {PRECISIONS[precision]}. Export it first: "
-                    f"`bmcd export {p}{flag}`."
-                )
-            verify_export_sha256(p, meta, file)  # a swapped file is refused
-        elif p.is_file():
-            file, meta = p, None  # read from the file's own metadata
-        else:
-            raise ModelFormatError(
-                f"Expected a bmcd model directory or an .onnx file, but '{p}' does not exist."
-            )
-        return cls(
-            file,
-            meta,
-            precision=precision,
-            intra_op_threads=intra_op_threads,
-            num_streams=num_streams,
-            performance_hint=performance_hint,
-            cpu_pinning=cpu_pinning,
-            force_bf16=force_bf16,
-        )
+        file, meta = resolve_model_file(path, precision, PRECISIONS)
+        return cls(file, meta.to_dict() if meta else None, precision=precision, **options)
 
     # -- inference ----------------------------------------------------------------------
     def _requests(self) -> list:

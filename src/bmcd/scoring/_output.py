@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .._version import __version__
-from ..artifact import atomic_write_bytes
+from ..artifact import atomic_write_bytes, file_sha256
 from ..errors import DatasetError, OutputExistsError, OutputWriteError
 from ._inputs import path_key
 from ._sink import CSV_ENCODING, CSV_ERRORS, LEGACY_COLUMNS, OUTPUT_COLUMNS
@@ -79,15 +78,6 @@ def _why(exc: OSError) -> str:
 # ---------------------------------------------------------------------------------------
 # the model's identity
 # ---------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_identity(model_file: str | os.PathLike, meta: dict[str, Any], precision: str,

@@ -16,7 +16,6 @@ through :func:`bmcd.preprocessing.preprocess_with_info` (the one image path of
 # no "from __future__ import annotations": FastAPI reads the endpoint annotations at runtime
 
 import asyncio
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -49,14 +48,6 @@ def _serve_deps():
     except ImportError:
         optional_import("multipart", purpose="multipart uploads in bmcd serve")
     return fastapi
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _BodyLimit:
@@ -177,9 +168,10 @@ def create_app(
     fastapi = _serve_deps()
     from fastapi.responses import HTMLResponse, JSONResponse
 
+    from ..artifact import ModelMeta, file_sha256
     from ..classifier import Classifier
     from ..data import parse_subject
-    from ..preprocessing import PreprocessConfig, default_workers, preprocess_with_info
+    from ..preprocessing import default_workers, preprocess_with_info
 
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {list(PRECISIONS)}; received {precision!r}.")
@@ -194,26 +186,26 @@ def create_app(
         intra_op_threads=intra_op_threads,
     )
     backend = clf.backend_
-    meta = clf.meta_
-    config = PreprocessConfig.from_dict(meta["preprocess"])
+    meta = ModelMeta.coerce(clf.meta_)
+    config = meta.preprocess
     threshold = float(clf.threshold_)
     classes = list(clf.classes_)
     onnx_path = Path(backend.model_path)
     output_names = [o.name for o in backend._session.get_outputs()]
     cam_available = CAM_OUTPUT in output_names
-    int8_record = (meta.get("exports") or {}).get("onnx_int8") if precision == "int8" else None
+    int8_record = meta.export("onnx_int8") if precision == "int8" else None
     identity: dict[str, Any] = {
-        "arch": meta["arch"],
-        "image_size": int(meta["image_size"]),
+        "arch": meta.arch,
+        "image_size": meta.image_size,
         "precision": precision,
         "onnx_file": onnx_path.name,
-        "sha256": _sha256(onnx_path),
+        "sha256": file_sha256(onnx_path),
         "classes": classes,
-        "positive_class": meta.get("positive_class", "all"),
+        "positive_class": meta.positive_class,
         "threshold": threshold,
-        "preprocess": dict(meta["preprocess"]),
+        "preprocess": config.to_dict(),
         "bmcd_version": __version__,
-        "model_bmcd_version": meta.get("bmcd_version"),
+        "model_bmcd_version": meta.bmcd_version,
         "int8_gate": (int8_record or {}).get("gate") if int8_record else None,
         "cam_available": cam_available,
         "serving": {

@@ -156,13 +156,13 @@ async def _drive(url: str, payloads: list[bytes], concurrency: int,
 
 def _model_only(model: str, precision: str, images: list[Path], seconds: float) -> dict[str, Any]:
     """Model-only throughput as ``bmcd bench`` measures it (batch 32 and 1, fresh inputs)."""
-    from ..artifact import read_model_json
+    from ..artifact import read_model_meta
     from ..bench import make_input_batches, time_interleaved
-    from ..preprocessing import PreprocessConfig, preprocess_batch
+    from ..preprocessing import preprocess_batch
     from ..runtimes.onnx import OnnxRuntimeBackend
 
-    meta = read_model_json(model)
-    x = preprocess_batch([str(p) for p in images[:32]], PreprocessConfig.from_dict(meta["preprocess"]))
+    config = read_model_meta(model).preprocess
+    x = preprocess_batch([str(p) for p in images[:32]], config)
     be = OnnxRuntimeBackend.load(model, precision=precision)
     out = {}
     for bs in (32, 1):
