@@ -276,6 +276,69 @@ def test_a_full_disk_mid_run_keeps_the_rows_so_far(tiny_onnx_model_dir, cells, t
     assert out.read_bytes() == clean.read_bytes()
 
 
+class _FillingDisk:
+    """A text file on a disk with ``budget`` characters free: writes are buffered, and the
+    flush that would pass the budget fails with ENOSPC, as does the flush in ``close()``."""
+
+    def __init__(self, f, budget: int):
+        self._f, self.budget, self.pending = f, budget, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        return len(text)
+
+    def flush(self) -> None:
+        if len(self.pending) > self.budget:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._f.write(self.pending)
+        self.budget -= len(self.pending)
+        self.pending = ""
+        self._f.flush()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._f.close()
+
+
+@pytest.mark.parametrize("budget, kept", [(420, 4), (10, 0)], ids=["mid-run", "at-once"])
+def test_a_disk_that_fills_is_one_line_and_resumable(tiny_onnx_model_dir, cells, tmp_path,
+                                                     monkeypatch, capsys, budget, kept):
+    """A disk that fills mid-run (the buffered rows fail again on close): one line, exit 1."""
+    from bmcd.scoring._sink import CsvSink
+
+    clean = tmp_path / "clean.csv"
+    score(tiny_onnx_model_dir, cells, clean, batch_size=4, progress=False)
+    assert len(clean.read_text()) > 2 * budget  # the disk fills before the end
+    real_open = CsvSink._open
+    monkeypatch.setattr(CsvSink, "_open", lambda self: _FillingDisk(real_open(self), budget))
+    out = tmp_path / "s.csv"
+    rc, _, err = run_cli(["score", str(tiny_onnx_model_dir), *map(str, cells), "--out", str(out),
+                          "--batch-size", "4", "--no-progress"], capsys)
+    assert_one_line_error(rc, err, "No space left on device", "--resume")
+    monkeypatch.undo()
+    assert len(rows_of(out)) == (1 + kept if kept else 0)  # header and the first chunk
+    score(tiny_onnx_model_dir, cells, out, batch_size=4, resume=True, progress=False)
+    assert out.read_bytes() == clean.read_bytes()
+
+
+def test_a_named_link_loop_gets_an_error_row_that_says_so(tiny_onnx_model_dir, cells, tmp_path):
+    loop = tmp_path / "loop.bmp"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "gone.bmp"
+    dangling.symlink_to(tmp_path / "missing.bmp")
+    out = tmp_path / "s.csv"
+    s = score(tiny_onnx_model_dir, [cells[0], loop, dangling], out, progress=False)
+    assert (s.n_scored, s.n_errors) == (1, 2)
+    errors = {r[0]: r[4] for r in rows_of(out)[1:]}
+    assert "symbolic link loop" in errors[str(loop)]
+    assert "not found" in errors[str(dangling)]
+
+
 # -- 9. manifests ------------------------------------------------------------------------
 
 
@@ -297,6 +360,9 @@ def test_an_unreadable_manifest_is_one_line(tiny_onnx_model_dir, tmp_path, conte
                           str(tmp_path / "s.csv"), "--no-progress"], capsys)
     assert_one_line_error(rc, err, str(manifest), needle)
     assert not (tmp_path / "s.csv").exists()
+    # a labelled dataset manifest (bmcd info / evaluate / train) says the same
+    rc, _, err = run_cli(["info", str(manifest)], capsys)
+    assert_one_line_error(rc, err, str(manifest), needle)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -123,6 +123,18 @@ def _load_split_folders(folder: str) -> Dataset:
     return _from_files(paths, labels, folder, "split_folders", given)
 
 
+def manifest_error(csv_path: str, line: int, exc: Exception) -> DatasetError:
+    """The one message for a CSV manifest that cannot be read as UTF-8 CSV text."""
+    if isinstance(exc, UnicodeDecodeError):
+        why = (f"it is not UTF-8 text (found byte 0x{exc.object[exc.start]:02x}); save it "
+               f"as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)")
+    elif isinstance(exc, OSError):
+        why = f"{exc.strerror or exc}; check that it exists and is readable"
+    else:
+        why = f"line {line} is not valid CSV ({exc}); fix or remove that line"
+    return DatasetError(f"Cannot read the CSV manifest '{csv_path}': {why}.")
+
+
 def _find_column(header: list[str], names: Iterable[str]) -> str | None:
     lower = {h.strip().lower(): h for h in header}
     for name in names:
@@ -143,7 +155,8 @@ def _load_manifest(csv_path: str) -> Dataset:
             header = list(reader.fieldnames or [])
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"Cannot read manifest '{csv_path}': {exc}.") from exc
+        line = max(1, reader.line_num) if "reader" in locals() else 1
+        raise manifest_error(csv_path, line, exc) from None
 
     prelim = {"patient_id", "new_names", "labels"} <= {h.strip().lower() for h in header}
     if prelim:

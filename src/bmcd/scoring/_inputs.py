@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 
 from ..data import iter_image_files
+from ..data._discovery import manifest_error
 from ..errors import DatasetError
 
 __all__ = ["iter_inputs", "path_key", "MANIFEST_COLUMNS"]
@@ -25,15 +26,6 @@ def path_key(path: str) -> str:
     return os.path.normcase(os.path.abspath(path))
 
 
-def _manifest_error(csv_path: str, line: int, exc: Exception) -> DatasetError:
-    if isinstance(exc, UnicodeDecodeError):
-        why = (f"it is not UTF-8 text (found byte 0x{exc.object[exc.start]:02x}); save it "
-               f"as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)")
-    else:
-        why = f"line {line} is not valid CSV ({exc}); fix or remove that line"
-    return DatasetError(f"Cannot read the CSV manifest '{csv_path}': {why}.")
-
-
 def _manifest_rows(csv_path: str) -> Iterator[list[str]]:
     """The rows of a manifest; unreadable text or CSV becomes one DatasetError."""
     try:
@@ -42,7 +34,7 @@ def _manifest_rows(csv_path: str) -> Iterator[list[str]]:
             try:
                 yield from reader
             except (UnicodeDecodeError, csv.Error) as exc:
-                raise _manifest_error(csv_path, max(1, reader.line_num), exc) from None
+                raise manifest_error(csv_path, max(1, reader.line_num), exc) from None
     except OSError as exc:
         raise DatasetError(
             f"Cannot read the CSV manifest '{csv_path}' ({exc.strerror or exc}). Check it "
@@ -96,6 +88,8 @@ def _check_input(item: str) -> None:
         if os.path.isfile(item) and item.lower().endswith(".csv"):
             _check_manifest(item)
         return
+    if os.path.islink(item):  # a dangling link or a link loop: its row says which
+        return
     if glob.has_magic(item):
         if next(glob.iglob(item, recursive=True), None) is None:
             raise DatasetError(f"The pattern '{item}' matches no files. Check the pattern.")
@@ -114,6 +108,8 @@ def _expand(item: str) -> Iterator[str]:
             yield from _read_manifest(item)
         else:
             yield item
+    elif os.path.islink(item):  # an error row names the dangling link or the loop
+        yield item
     else:  # a glob (checked up front by _check_input)
         for match in sorted(glob.iglob(item, recursive=True)):
             if os.path.isdir(match):

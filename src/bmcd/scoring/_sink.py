@@ -100,6 +100,7 @@ class CsvSink:
         self.n_scored: int = 0
         self.n_errors: int = 0
         self.n_no_cell: int = 0
+        self._failed = False  # a write failed: close() must not raise over that error
 
     def _open(self) -> TextIO:
         if self._before_open is not None:
@@ -119,11 +120,15 @@ class CsvSink:
             self._f.flush()
             if self._own:
                 os.fsync(self._f.fileno())
+        except OutputWriteError:  # the model record (sidecar) could not be written
+            self._failed = True
+            raise
         except OSError as exc:
+            self._failed = True
             raise OutputWriteError(
                 f"Writing the output '{self.path or '<stdout>'}' failed "
-                f"({exc.strerror or exc.__class__.__name__}). The rows written before are "
-                f"kept: free space or fix the folder, then run again with --resume."
+                f"({exc.strerror or exc.__class__.__name__}). Free space or fix the folder, "
+                f"then run again with --resume: the rows already written are kept."
             ) from exc
 
     def write_rows(self, rows: Sequence[Row]) -> None:
@@ -156,6 +161,15 @@ class CsvSink:
 
     def close(self) -> None:
         """Close the file (if it was opened; standard output stays open)."""
-        if self._f is not None and self._own:
-            self._f.close()
-        self._f = None
+        f, self._f = self._f, None
+        if f is None or not self._own:
+            return
+        try:
+            f.close()  # flushes what a failed write left in the buffer
+        except OSError as exc:
+            if self._failed:
+                return  # the write's own error is already on its way to the caller
+            raise OutputWriteError(
+                f"Closing the output '{self.path}' failed ({exc.strerror or exc.__class__.__name__}"
+                f"). The rows written before are kept: free space, then run again with --resume."
+            ) from exc
