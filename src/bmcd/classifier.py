@@ -15,25 +15,25 @@ never imports TensorFlow.
 from __future__ import annotations
 
 import os
-import platform
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._version import __version__
+from ._classifier_inputs import (
+    _as_dataset,
+    _chunk_size,
+    _describe_dataset,
+    _describe_training_data,
+    _predict_p_all,
+    _resolve_inputs,
+    _training_data,
+)
 from .artifact import CLASSES, ModelMeta, write_model_json
-from .data import Dataset, iter_image_files, load_dataset
 from .errors import ConfigError, ConfigTypeError, DatasetError, ModelFormatError, NotFittedError
 from .labels import label_names
-from .preprocessing import (
-    IMAGE_EXTENSIONS,
-    PreprocessConfig,
-    preprocess_batch,
-    preprocess_batch_with_info,
-)
+from .preprocessing import PreprocessConfig, preprocess_batch
 from .training import TrainConfig
 from .training.models import check_arch, is_scratch
 
@@ -50,63 +50,6 @@ _DEFAULTS: dict[str, Any] = {
     "head_units": (),
     "dropout": 0.2,
 }
-
-# images preprocessed (float32) at a time at prediction: bounds memory for large folders
-_PREDICT_CHUNK = 256
-
-
-def _as_dataset(data: Any, what: str):
-    """A labelled :class:`~bmcd.data.Dataset` from a Dataset, folder, CSV or (paths, labels)."""
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, (str, os.PathLike)) or (isinstance(data, tuple) and len(data) == 2):
-        return load_dataset(data)
-    raise DatasetError(
-        f"{what} must be a Dataset, a dataset folder / CSV manifest, or a (paths, labels) "
-        f"pair; received {type(data).__name__}."
-    )
-
-
-def _resolve_inputs(X: Any) -> tuple[list[Any], list[str] | None]:
-    """Turn any accepted ``X`` into a list of items for ``preprocess`` (+ paths if known)."""
-    if isinstance(X, Dataset):
-        paths = X.absolute_paths()
-        return paths, paths
-    if isinstance(X, (str, os.PathLike)):
-        p = Path(X)
-        if p.is_dir():
-            try:
-                paths = load_dataset(p).absolute_paths()
-            except DatasetError:
-                paths = list(iter_image_files(p))  # an unlabelled folder of images
-            if not paths:
-                raise DatasetError(
-                    f"No images found in '{p}' (looked for {', '.join(IMAGE_EXTENSIONS)})."
-                )
-            return paths, paths
-        return [os.fspath(p)], [os.fspath(p)]
-    if isinstance(X, (bytes, bytearray, memoryview)):
-        return [X], None
-    if isinstance(X, np.ndarray):
-        if X.ndim == 2 or (X.ndim == 3 and X.shape[-1] in (1, 3, 4)):
-            return [X], None  # one image, (H, W) or (H, W, C)
-        if X.ndim == 4:
-            return list(X), None  # a batch (n, H, W, C)
-        raise ConfigError(
-            f"Expected one image of shape (H, W, 3) or a batch (n, H, W, 3); received an "
-            f"array of shape {X.shape}."
-        )
-    if isinstance(X, Sequence) or hasattr(X, "__iter__"):
-        items = list(X)
-        paths = [os.fspath(i) for i in items] if all(
-            isinstance(i, (str, os.PathLike)) for i in items
-        ) else None
-        return items, paths
-    raise ConfigTypeError(
-        f"Cannot predict on {type(X).__name__}; pass image paths, a folder, a Dataset, one "
-        f"RGB image array (H, W, 3) or a batch (n, H, W, 3)."
-    )
-
 
 class Classifier:
     """Leukemic blast (``"all"``) vs normal cell (``"hem"``) classifier.
@@ -253,27 +196,8 @@ class Classifier:
 
     def _p_all(self, X: Any, batch_size: int = 32, progress: bool | None = None,
                no_cell: list[bool] | None = None, tta: bool = False) -> np.ndarray:
-        from tqdm.auto import tqdm
-
-        from .data import tta_views
-
-        items, _ = _resolve_inputs(X)
-        config = self._config()
-        out = np.empty(len(items), dtype=np.float64)
-        chunk = max(int(batch_size), _PREDICT_CHUNK)
-        with tqdm(total=len(items), desc="predict", unit="img",
-                  disable=True if len(items) <= chunk else progress) as bar:
-            for start in range(0, len(items), chunk):
-                x, infos = preprocess_batch_with_info(items[start : start + chunk], config)
-                if tta:  # mean p(all) over the 8 flips/rotations (bmcd.data.tta_views)
-                    p = np.mean([self.backend_.predict_batch(v) for v in tta_views(x)], axis=0)
-                else:
-                    p = self.backend_.predict_batch(x)
-                out[start : start + len(x)] = p
-                if no_cell is not None:
-                    no_cell.extend(info.no_cell for info in infos)
-                bar.update(len(x))
-        return out
+        return _predict_p_all(self.backend_, self._config(), X, batch_size=batch_size,
+                              progress=progress, no_cell=no_cell, tta=tta)
 
     # ---------------------------------------------------------------- training
     def fit(
@@ -314,39 +238,13 @@ class Classifier:
         """
         from . import training as tr
         from .runtimes.keras import KerasBackend
+        from .training.loop import environment
 
         cfg = TrainConfig.from_kwargs(config, **settings)
         verbose, cache_dir = cfg.verbose, cfg.cache_dir
         config = self._check_params()
         t_start = time.perf_counter()
-        ds_train = _as_dataset(train, "train")
-        ds_val = _as_dataset(validation, "validation") if validation is not None else None
-        if len(ds_train) == 0:
-            raise DatasetError("The training set is empty.")
-        counts = ds_train.class_counts()
-        if min(counts.values()) == 0:
-            raise DatasetError(
-                f"Training needs images of both classes; received {counts}. Check the "
-                f"dataset folders (all/ and hem/) or the manifest's labels."
-            )
-        if ds_val is not None and len(ds_val) == 0:
-            ds_val = None
-        shared = []
-        if ds_val is not None:
-            shared = sorted(
-                {s for s in ds_train.subjects if s is not None} & set(ds_val.subjects)
-            )
-            if shared:
-                import warnings
-
-                warnings.warn(
-                    f"{len(shared)} subject(s) have images in both train and validation "
-                    f"({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}); "
-                    f"early stopping and validation scores will be optimistic. Split with "
-                    f"bmcd.data.split_by_subject.",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        ds_train, ds_val, shared = _training_data(train, validation)
 
         seed = int(self.seed)
         seeds = tr.set_seed(seed)
@@ -373,19 +271,12 @@ class Classifier:
         model = tr.inference_copy(model)  # drop the optimizer state
         t_end = time.perf_counter()
 
-        import keras
-        import tensorflow as tf
-
         if split is not None and hasattr(split, "to_dict"):
             split = split.to_dict()
         training = {
             "weights": None if is_scratch(weights) else os.fspath(weights),
             "params": self._params_json(),
-            "data": {
-                "train": _describe_dataset(ds_train),
-                "validation": _describe_dataset(ds_val) if ds_val is not None else None,
-                "shared_subjects_train_validation": shared,
-            },
+            "data": _describe_training_data(ds_train, ds_val, shared),
             "split": split,
             "seeds": {**seeds, "shuffle": seed, "balance": seed, "augment": seed},
             "fit": {
@@ -401,13 +292,7 @@ class Classifier:
                 "preprocess": round(t_pre - t_start, 2),
                 "train": round(t_end - t_pre, 2),
             },
-            "environment": {
-                "bmcd": __version__,
-                "tensorflow": tf.__version__,
-                "keras": keras.__version__,
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
+            "environment": environment(),
         }
         meta = ModelMeta.new(
             arch=self.arch, preprocess=config, threshold=float(self.threshold), training=training,
@@ -523,8 +408,9 @@ class Classifier:
         self._check_fitted("explain")
         items, _ = _resolve_inputs(X)
         config, maps, overs = self._config(), [], []
-        for start in range(0, len(items), max(int(batch_size), _PREDICT_CHUNK)):
-            x = preprocess_batch(items[start : start + max(int(batch_size), _PREDICT_CHUNK)], config)
+        chunk = _chunk_size(batch_size)
+        for start in range(0, len(items), chunk):
+            x = preprocess_batch(items[start : start + chunk], config)
             _, cam, over = explain_preprocessed(self.backend_, x, self.threshold_, overlay)
             maps.append(cam)
             overs.append(over)
@@ -704,29 +590,4 @@ class Classifier:
         clf.threshold_ = mm.threshold
         clf.history_ = mm.training.get("history")
         return clf
-
-
-def _looks_synthetic(root: Any) -> bool:
-    """Whether a dataset folder carries the README that bmcd.synthetic.make_cells writes."""
-    if root is None:
-        return False
-    readme = Path(root) / "README.txt"
-    try:
-        return readme.is_file() and readme.read_text(encoding="utf-8").startswith("SYNTHETIC")
-    except OSError:
-        return False
-
-
-def _describe_dataset(ds) -> dict[str, Any]:
-    info = {
-        "n": len(ds),
-        "counts": ds.class_counts(),
-        "n_subjects": len(ds.subject_list()),
-        "fingerprint": ds.fingerprint(),
-        "root": os.fspath(ds.root) if ds.root is not None else None,
-        "layout": ds.layout,
-    }
-    if _looks_synthetic(ds.root):
-        info["synthetic"] = True
-    return info
 

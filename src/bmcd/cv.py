@@ -98,7 +98,8 @@ def cross_validate(
         ``settings``, ``folds`` (per fold: rows ``plain`` and, with ``tta``, ``tta``; train
         and test subjects; seconds), ``pooled`` ({plain, tta}), ``seconds``.
     """
-    from .classifier import Classifier, _as_dataset
+    from ._classifier_inputs import _as_dataset
+    from .classifier import Classifier
     from .data import split_by_subject, subject_folds
     from .training.evaluate import _tune_threshold, _warn_if_constant
 

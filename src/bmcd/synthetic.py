@@ -43,6 +43,7 @@ __all__ = [
     "make_cell_image",
     "make_cells",
     "subject_ids",
+    "looks_synthetic",
 ]
 
 _CLASS_NAMES = ("hem", "all")
@@ -445,3 +446,19 @@ def make_cells(
     finally:
         bar.close()
     return [job[0] for job in jobs]
+
+
+def looks_synthetic(root: str | os.PathLike | None) -> bool:
+    """Whether a dataset folder carries the README that :func:`make_cells` writes.
+
+    That README starts with ``SYNTHETIC`` (``bmcd preprocess`` copies it along). A
+    missing or unreadable README, or ``root=None``, means not synthetic.
+    """
+    if root is None:
+        return False
+    readme = Path(root) / "README.txt"
+    try:
+        text = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else ""
+        return text.startswith("SYNTHETIC")
+    except OSError:
+        return False

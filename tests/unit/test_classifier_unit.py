@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from bmcd import Classifier, PreprocessConfig
-from bmcd.classifier import _as_dataset, _resolve_inputs
+from bmcd._classifier_inputs import _as_dataset, _resolve_inputs, predict_files
 from bmcd.errors import (
     BmcdError,
     DatasetError,
@@ -124,6 +124,29 @@ def test_resolve_inputs_forms(synthetic_small, tmp_path):
     empty.mkdir()
     with pytest.raises(DatasetError, match="No images found"):
         _resolve_inputs(empty)
+
+
+def test_predict_files_skips_unreadable_files_and_keeps_order():
+    from bmcd.errors import ImageReadError
+
+    class Fake:  # p(all) = position / 10; "bad*" files cannot be read
+        calls = []
+
+        def predict_details(self, files, batch_size, tta):
+            self.calls.append((len(files), batch_size))
+            bad = [f for f in files if f.startswith("bad")]
+            if bad:
+                raise ImageReadError(f"cannot read {bad[0]}")
+            p = np.array([int(f[-1]) / 10 for f in files])
+            return {"p_all": p, "label": np.where(p >= 0.5, "all", "hem"),
+                    "no_cell": np.zeros(len(files), bool)}
+
+    errors = []
+    files = ["f1", "bad2", "f3", "f7"]
+    rows = list(predict_files(Fake(), files, 8, on_error=errors.append))
+    assert [(r[0], r[2]) for r in rows] == [("f1", "hem"), ("f3", "hem"), ("f7", "all")]
+    assert [str(e) for e in errors] == ["cannot read bad2"]
+    assert Fake.calls == [(4, 8), (1, 1), (1, 1), (1, 1), (1, 1)]  # the chunk, then one by one
 
 
 def test_cache_images_is_lossless_uint8(synthetic_small):

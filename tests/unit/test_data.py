@@ -22,10 +22,11 @@ from bmcd.data import (
     load_dataset,
     parse_subject,
     split_by_subject,
+    split_dataset,
     split_given,
     split_random,
 )
-from bmcd.errors import BmcdError, DatasetError
+from bmcd.errors import BmcdError, ConfigError, DatasetError
 
 # ---------------------------------------------------------------------------------------
 # helpers
@@ -431,6 +432,18 @@ def test_split_by_subject_needs_subjects():
 def test_split_fraction_validation(val, test):
     with pytest.raises(DatasetError):
         split_by_subject(_dataset(), val=val, test=test)
+
+
+def test_split_dataset_dispatches_by_name():
+    ds = _dataset()
+    assert split_dataset(ds, "subject", val=0.2, test=0.2, seed=3).to_dict() == (
+        split_by_subject(ds, val=0.2, test=0.2, seed=3).to_dict())
+    with pytest.warns(UserWarning, match="leakage"):
+        assert split_dataset(ds, "random", seed=1).method == "random"
+    with pytest.raises(DatasetError, match="no given split"):
+        split_dataset(ds, "given")
+    with pytest.raises(ConfigError, match=r"one of \['subject', 'random', 'given'\]"):
+        split_dataset(ds, "by_slide")
 
 
 def test_split_random_warns_about_leakage():

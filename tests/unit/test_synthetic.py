@@ -12,6 +12,7 @@ from bmcd.cli import EXIT_ERROR, EXIT_OK, main
 from bmcd.data import load_dataset, parse_subject, split_by_subject
 from bmcd.synthetic import (
     SubjectStyle,
+    looks_synthetic,
     make_cell_image,
     make_cells,
     random_subject_style,
@@ -33,6 +34,15 @@ def test_synthetic_small_names_subjects_and_classes(synthetic_small):
     assert all(sum(c.values()) == 10 for c in ds.subject_counts().values())
     assert "SYNTHETIC" in (synthetic_small / "README.txt").read_text()
     split_by_subject(ds, val=0.25, test=0.25)  # enough subjects for a subject split
+
+
+def test_looks_synthetic_reads_the_readme_make_cells_writes(synthetic_small, tmp_path):
+    assert looks_synthetic(synthetic_small)
+    assert not looks_synthetic(None) and not looks_synthetic(tmp_path)
+    (tmp_path / "README.txt").write_text("Real cells, not SYNTHETIC ones.")
+    assert not looks_synthetic(tmp_path)
+    (tmp_path / "README.txt").write_bytes(b"SYNTHETIC \xff\xfe")  # not UTF-8: still read
+    assert looks_synthetic(tmp_path)
 
 
 def test_synthetic_images_are_cnmc_like(synthetic_small):

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import BmcdError
-from ._common import EXIT_OK
+from ._common import EXIT_OK, add_command
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -15,17 +15,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="compare Keras, tf.function, ONNX Runtime and OpenVINO throughput side by side",
-        description=(
-            "Time Keras predict, a compiled tf.function, ONNX Runtime fp32 and int8 and "
-            "OpenVINO f32, bf16 and int8 (with bmcd[openvino]) on the same fresh inputs in one process (warm-up first, parity checked "
-            "beside every timing), then bmcd score end to end over files on disk. Prints a "
-            "table (images/s, ms/image at batch 1, ratio to Keras predict) and the machine. "
-            "Without --model, random-weight models are built, exported and quantized once "
-            "and cached: throughput does not depend on the values of the weights."
-        ),
+    p = add_command(
+        sub, "bench", _cmd_bench,
+        "compare Keras, tf.function, ONNX Runtime and OpenVINO throughput side by side",
+        "Time Keras predict, a compiled tf.function, ONNX Runtime fp32 and int8 and OpenVINO "
+        "f32, bf16 and int8 (with bmcd[openvino]) on the same fresh inputs in one process "
+        "(warm-up first, parity checked beside every timing), then bmcd score end to end over "
+        "files on disk. Prints a table (images/s, ms/image at batch 1, ratio to Keras predict) "
+        "and the machine. Without --model, random-weight models are built, exported and "
+        "quantized once and cached: throughput does not depend on the values of the weights.",
     )
     p.add_argument(
         "--arch", nargs="+", default=["mobilenet_v2", "resnet50"],
@@ -56,29 +54,18 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="model-only rows to time, some of: keras_predict tf_function ort_fp32 ort_int8 "
         "ov_f32 ov_bf16 ov_int8 (default: all that can run here)",
     )  # fmt: skip
-    p.add_argument(
-        "--targets", metavar="FILE",
-        help="speed goals to check: a .py file defining TARGETS (e.g. benchmarks/targets.py) "
-        "or a JSON list",
-    )  # fmt: skip
-    p.add_argument(
-        "--no-dask", action="store_true",
-        help="skip the Dask local-cluster row (default: run it when dask is installed)",
-    )  # fmt: skip
-    p.add_argument(
-        "--images", metavar="DIR",
-        help="images to benchmark on, e.g. real C-NMC BMPs (default: synthetic cells)",
-    )  # fmt: skip
-    p.add_argument(
-        "--model", metavar="DIR",
-        help="benchmark this model directory instead of random-weight models",
-    )  # fmt: skip
-    p.add_argument(
-        "--cache-dir", metavar="DIR",
-        help="where benchmark models and files are kept (default ~/.cache/bmcd/bench)",
-    )  # fmt: skip
+    p.add_argument("--targets", metavar="FILE",
+                   help="speed goals to check: a .py file defining TARGETS (e.g. "
+                   "benchmarks/targets.py) or a JSON list")
+    p.add_argument("--no-dask", action="store_true",
+                   help="skip the Dask local-cluster row (default: run it when dask is installed)")
+    p.add_argument("--images", metavar="DIR",
+                   help="images to benchmark on, e.g. real C-NMC BMPs (default: synthetic cells)")
+    p.add_argument("--model", metavar="DIR",
+                   help="benchmark this model directory instead of random-weight models")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where benchmark models and files are kept (default ~/.cache/bmcd/bench)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached benchmark models")
-    p.set_defaults(func=_cmd_bench)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

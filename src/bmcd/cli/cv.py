@@ -6,23 +6,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import EXIT_OK
+from ._common import EXIT_OK, add_command, add_training_settings
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add the cv subcommand."""
-    from .model import _add_training_settings
-
-    p = sub.add_parser(
-        "cv",
-        help="cross-validate the training recipe over subject-grouped folds",
-        description=(
-            "Split DATA into K folds by subject (linked C-NMC subjects H2/H4/H5 together, "
-            "stratified by class), train a fresh model on each K-1 folds (from scratch by "
-            "default: offline), score the held-out subjects and print per-fold and pooled "
-            "ROC-AUC, weighted F1, balanced accuracy, sensitivity and specificity with 95% "
-            "intervals by bootstrap over subjects. Writes OUT/cv.json and OUT/cv.md."
-        ),
+    p = add_command(
+        sub, "cv", _cmd_cv, "cross-validate the training recipe over subject-grouped folds",
+        "Split DATA into K folds by subject (linked C-NMC subjects H2/H4/H5 together, "
+        "stratified by class), train a fresh model on each K-1 folds (from scratch by default: "
+        "offline), score the held-out subjects and print per-fold and pooled ROC-AUC, weighted "
+        "F1, balanced accuracy, sensitivity and specificity with 95% intervals by bootstrap "
+        "over subjects. Writes OUT/cv.json and OUT/cv.md.",
     )
     p.add_argument("data", metavar="DATA", help="dataset folder or CSV manifest")
     p.add_argument("--folds", type=int, default=5, metavar="K", help="folds (default: 5)")
@@ -35,8 +30,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="also score with test-time augmentation (8 flips/rotations)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    _add_training_settings(p)
-    p.set_defaults(func=_cmd_cv, weights=None)
+    add_training_settings(p)
+    p.set_defaults(weights=None)  # from scratch unless --weights says otherwise: offline
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:

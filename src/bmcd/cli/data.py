@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import BmcdError
-from ._common import EXIT_OK, EXIT_PARTIAL
+from ._common import EXIT_OK, EXIT_PARTIAL, add_command
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -17,13 +17,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "synth",
-        help="write a SYNTHETIC C-NMC-like dataset (for demos and tests)",
-        description=(
-            "Write synthetic single-cell images (drawn, not patient data) into "
-            "OUT/{all,hem}/ with C-NMC file names UID_<subject>_<image>_<cell>_<all|hem>.bmp."
-        ),
+    p = add_command(
+        sub, "synth", _cmd_synth, "write a SYNTHETIC C-NMC-like dataset (for demos and tests)",
+        "Write synthetic single-cell images (drawn, not patient data) into OUT/{all,hem}/ "
+        "with C-NMC file names UID_<subject>_<image>_<cell>_<all|hem>.bmp.",
     )
     p.add_argument("out", metavar="OUT", help="output folder (created if needed)")
     p.add_argument("--per-class", type=int, required=True, metavar="N",
@@ -33,7 +30,6 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=450, metavar="S",
                    help="image side in pixels (default: 450, as in C-NMC)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.set_defaults(func=_cmd_synth)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -56,40 +52,34 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "info",
-        help="describe a dataset: layout, counts per class and subject, fingerprint",
-        description=(
-            "Find the images in DATA (class folders, the Kaggle C-NMC folds, "
-            "training_set/validation_set/test_set folders, or a CSV manifest) and print "
-            "what was found."
-        ),
+    p = add_command(
+        sub, "info", _cmd_info,
+        "describe a dataset: layout, counts per class and subject, fingerprint",
+        "Find the images in DATA (class folders, the Kaggle C-NMC folds, training_set/"
+        "validation_set/test_set folders, or a CSV manifest) and print what was found.",
     )
     p.add_argument("data", metavar="DATA", help="dataset folder or CSV manifest")
-    p.set_defaults(func=_cmd_info)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from ..data import load_dataset
+    from ..synthetic import looks_synthetic
 
     ds = load_dataset(args.data)
     print(ds.summary(per_subject=True))
-    readme = ds.root / "README.txt" if ds.root is not None else None
-    if readme is not None and readme.is_file() and "SYNTHETIC" in readme.read_text(errors="ignore"):
+    if looks_synthetic(ds.root):
         print("note: these are SYNTHETIC images (bmcd synth), not patient data")
     return EXIT_OK
 
 
 def _add_preprocess(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "preprocess",
-        help="write cropped, square-padded, resized copies of images (PNG)",
-        description=(
-            "Run every image under IN (a folder, searched recursively, or a CSV manifest) "
-            "through bmcd's preprocessing (crop to the cell, pad to a square, resize) and "
-            "write PNGs under OUT with the same relative paths. Unreadable files are "
-            "reported and skipped (exit status 3)."
-        ),
+    p = add_command(
+        sub, "preprocess", _cmd_preprocess,
+        "write cropped, square-padded, resized copies of images (PNG)",
+        "Run every image under IN (a folder, searched recursively, or a CSV manifest) "
+        "through bmcd's preprocessing (crop to the cell, pad to a square, resize) and write "
+        "PNGs under OUT with the same relative paths. Unreadable files are reported and "
+        "skipped (exit status 3).",
     )
     p.add_argument("input", metavar="IN", help="image folder or CSV manifest")
     p.add_argument("output", metavar="OUT", help="output folder")
@@ -99,7 +89,6 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
                    help="foreground gray-level threshold (default: 10)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker threads (default: the CPU count)")
-    p.set_defaults(func=_cmd_preprocess)
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:

@@ -13,19 +13,18 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError, OutputWriteError
+from ._common import add_command, load_options
 
 __all__ = ["add_commands"]
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "explain",
-        help="write class activation map overlays (where the model looked) as PNG files",
-        description=(
-            "For each image: preprocess it like the model does, compute p(all) and the class "
-            "activation map, and write DIR/<name>.cam.png (the map over the preprocessed "
-            "cell; red = strongest evidence for the predicted label) plus DIR/explain.csv."
-        ),
+    p = add_command(
+        sub, "explain", _cmd_explain,
+        "write class activation map overlays (where the model looked) as PNG files",
+        "For each image: preprocess it like the model does, compute p(all) and the class "
+        "activation map, and write DIR/<name>.cam.png (the map over the preprocessed cell; "
+        "red = strongest evidence for the predicted label) plus DIR/explain.csv.",
     )
     p.add_argument("model", metavar="MODEL", help="model directory")
     p.add_argument("images", metavar="IMAGES", nargs="+",
@@ -35,7 +34,6 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
                    help="auto (default): ONNX Runtime when model.onnx has the cam output, "
                         "else Keras")
     p.add_argument("--int8", action="store_true", help="use model.int8.onnx (ONNX backend)")
-    p.set_defaults(func=_cmd_explain)
 
 
 def _load(args: argparse.Namespace):
@@ -45,7 +43,7 @@ def _load(args: argparse.Namespace):
     backend = args.backend
     if args.int8 and backend == "keras":
         raise ConfigError("--int8 needs the ONNX backend (--backend onnx or auto).")
-    options = {"precision": "int8"} if args.int8 else {}
+    options = load_options(args)
     if backend == "auto":
         if args.int8 or (Path(args.model) / ONNX_FILE).is_file():
             clf = Classifier.load(args.model, backend="onnx", **options)
@@ -58,6 +56,7 @@ def _load(args: argparse.Namespace):
 def _cmd_explain(args: argparse.Namespace) -> int:
     from ..data import resolve_image_paths
     from ..explain import to_png
+    from ..labels import label_names
 
     paths: list[str] = []
     for item in args.images:
@@ -69,9 +68,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise OutputWriteError(f"Cannot create the output folder '{out}' ({exc}).") from exc
     p_all = clf.predict_proba(paths)[:, 1]
+    labels = label_names(p_all, clf.threshold_)
     maps, overlays = clf.explain(paths, overlay=True)
     rows, used = [], set()
-    for path, p, cam, img in zip(paths, p_all, maps, overlays, strict=False):
+    for path, p, label, cam, img in zip(paths, p_all, labels, maps, overlays, strict=False):
         stem = Path(path).stem
         name = f"{stem}.cam.png"
         k = 1
@@ -83,7 +83,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             (out / name).write_bytes(to_png(img))
         except OSError as exc:
             raise OutputWriteError(f"Cannot write '{out / name}' ({exc}).") from exc
-        label = clf.classes_[1] if p >= clf.threshold_ else clf.classes_[0]
         rows.append([path, name, f"{p:.6f}", label, f"{float(cam.mean()):.6f}"])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

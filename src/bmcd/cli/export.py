@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import EXIT_OK
+from ._common import EXIT_OK, add_command, non_negative_float
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -12,29 +12,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_export(sub)
 
 
-def _nonneg_float_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, received {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, received {text}")
-    return value
-
-
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export a trained model to ONNX (checked against Keras), optionally int8",
-        description=(
-            "Convert MODEL/model.keras to MODEL/model.onnx with tf2onnx, check it against "
-            "Keras on preprocessed images (max |p_keras - p_onnx| and labels, at two batch "
-            "sizes), and record the numbers in MODEL/bmcd.json. With --int8, also write "
-            "MODEL/model.int8.onnx (ONNX Runtime static QDQ quantization) and gate it against "
-            "the fp32 model. With --bf16, gate OpenVINO bf16 against fp32 the same way (recorded in "
-            "MODEL/bmcd.json; the openvino backend runs bf16 only after a passed gate). A check "
-            "that fails writes no file (a failed bf16 gate is recorded) and exits with status 1."
-        ),
+    p = add_command(
+        sub, "export", _cmd_export,
+        "export a trained model to ONNX (checked against Keras), optionally int8",
+        "Convert MODEL/model.keras to MODEL/model.onnx with tf2onnx, check it against Keras "
+        "on preprocessed images (max |p_keras - p_onnx| and labels, at two batch sizes), and "
+        "record the numbers in MODEL/bmcd.json. With --int8, also write MODEL/model.int8.onnx "
+        "(ONNX Runtime static QDQ quantization) and gate it against the fp32 model. With "
+        "--bf16, gate OpenVINO bf16 against fp32 the same way (recorded in MODEL/bmcd.json; "
+        "the openvino backend runs bf16 only after a passed gate). A check that fails writes "
+        "no file (a failed bf16 gate is recorded) and exits with status 1.",
     )
     p.add_argument("model", metavar="MODEL", help="model directory (bmcd.json + model.keras)")
     p.add_argument("--int8", action="store_true", help="also quantize to model.int8.onnx")
@@ -47,7 +35,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="images for the parity check and the int8 gate: a dataset folder or "
                    "CSV manifest (labels enable the ROC-AUC gate) or any folder of images "
                    "(default: synthetic cells made on the fly)")
-    p.add_argument("--atol", type=_nonneg_float_arg, default=None, metavar="X",
+    p.add_argument("--atol", type=non_negative_float, default=None, metavar="X",
                    help="largest accepted |p_keras - p_onnx| (default: 1e-4)")
     p.add_argument("--calibration", metavar="DIR", default=None,
                    help="int8 calibration images, ideally the training set (default: 200 "
@@ -58,7 +46,6 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rehash", action="store_true",
                    help="export nothing: record the sha256 of the exported files now in "
                    "MODEL (after replacing one on purpose), so loading accepts them")
-    p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -75,10 +62,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner quiet
-    from ..exporters.onnx import FP32_ATOL, export_onnx, quantize_int8
+    from ..exporters.onnx import export_onnx, quantize_int8
 
-    atol = FP32_ATOL if args.atol is None else args.atol
-    rec = export_onnx(args.model, opset=args.opset, samples=args.samples, atol=atol)
+    rec = export_onnx(args.model, opset=args.opset, samples=args.samples, atol=args.atol)
     par = rec["parity"]
     print(f"wrote {rec['path']} (opset {rec['opset']}, IR {rec['ir_version']}, "
           f"{rec['bytes'] / 1e6:.1f} MB, sha256 {rec['sha256'][:16]})")

@@ -6,7 +6,15 @@ import argparse
 import sys
 
 from ..errors import BmcdError
-from ._common import EXIT_OK, EXIT_PARTIAL
+from ._common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    add_command,
+    add_training_settings,
+    fraction,
+    load_options,
+    positive_int,
+)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -15,30 +23,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_evaluate(sub)
     _add_predict(sub)
     _add_demo(sub)
-
-
-def _weights_arg(text: str) -> str | None:
-    return None if text.lower() == "none" else text
-
-
-def _fraction_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1); received {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1); received {text!r}")
-    return value
-
-
-def _positive_int_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; received {text!r}")
-    return value
 
 
 def printable_path(path: str) -> str:
@@ -65,9 +49,14 @@ def printable_path(path: str) -> str:
     return "".join(out)
 
 
-def _add_backend_args(p: argparse.ArgumentParser) -> None:
+def _add_prediction_args(p: argparse.ArgumentParser) -> None:
+    """``--batch-size``, ``--tta``, ``--backend`` and ``--int8`` / ``--bf16``."""
     from ..runtimes import available_backends
 
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: mean p(all) over the 8 flips/rotations "
+                        "(8x the compute)")
     p.add_argument("--backend", default="keras", choices=available_backends(),
                    help="inference backend (default: keras; onnx and openvino need an exported "
                    "model)")
@@ -92,72 +81,48 @@ def _check_precision_args(args: argparse.Namespace) -> None:
 def _load_classifier(args: argparse.Namespace):
     from ..classifier import Classifier
 
-    options = {}
     _check_precision_args(args)
-    if args.int8:
-        options["precision"] = "int8"
-    if getattr(args, "bf16", False):
-        options["precision"] = "bf16"
-    return Classifier.load(args.model, backend=args.backend, **options)
-
-
-def _add_training_settings(p: argparse.ArgumentParser) -> None:
-    """``--image-size``, ``--weights`` and the :class:`~bmcd.training.TrainConfig` flags."""
-    from ..training.config import TrainConfig
-
-    p.add_argument("--image-size", type=int, default=224, metavar="S",
-                   help="network input side in pixels (default: 224)")
-    p.add_argument("--weights", type=_weights_arg, default="imagenet", metavar="W",
-                   help="imagenet (default; downloaded once), none (from scratch) or a "
-                        "local weights file")
-    TrainConfig.add_arguments(p)
+    return Classifier.load(args.model, backend=args.backend, **load_options(args))
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a model, evaluate it on held-out subjects, write the model directory",
-        description=(
-            "Find the images in DATA, split them (by subject by default, so no patient is "
-            "on two sides), train ARCH (frozen backbone, then fine-tuning; from scratch "
-            "with --weights none), tune the threshold on the validation part, evaluate "
-            "on the test part at that threshold and write OUT/ (model.keras, bmcd.json, "
-            "report/)."
-        ),
+    from ..data import SPLIT_METHODS
+
+    p = add_command(
+        sub, "train", _cmd_train,
+        "train a model, evaluate it on held-out subjects, write the model directory",
+        "Find the images in DATA, split them (by subject by default, so no patient is on two "
+        "sides), train ARCH (frozen backbone, then fine-tuning; from scratch with --weights "
+        "none), tune the threshold on the validation part, evaluate on the test part at that "
+        "threshold and write OUT/ (model.keras, bmcd.json, report/).",
     )
     p.add_argument("data", metavar="DATA", help="dataset folder or CSV manifest")
     p.add_argument("--arch", required=True, choices=["resnet50", "mobilenet_v2"])
     p.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
-    p.add_argument("--split", default="subject", choices=["subject", "random", "given"],
+    p.add_argument("--split", default="subject", choices=list(SPLIT_METHODS),
                    help="subject (default, honest), random (leaks subjects), or given "
                         "(training_set/validation_set/test_set folders)")
-    p.add_argument("--val", type=_fraction_arg, default=0.2, metavar="F",
+    p.add_argument("--val", type=fraction, default=0.2, metavar="F",
                    help="validation fraction (default: 0.2)")
-    p.add_argument("--test", type=_fraction_arg, default=0.2, metavar="F",
+    p.add_argument("--test", type=fraction, default=0.2, metavar="F",
                    help="test fraction (default: 0.2)")
-    _add_training_settings(p)
+    add_training_settings(p)
     p.add_argument("--threshold-rule", choices=["youden", "none"], default="youden",
                    help="youden (default): tune the decision threshold on the validation "
                         "part (never on the test part), recorded in bmcd.json; none: keep "
                         "0.5")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..classifier import Classifier
-    from ..data import load_dataset, split_by_subject, split_given, split_random
+    from ..data import load_dataset, split_dataset
     from ..training.config import TrainConfig
     from ..training.evaluate import train_and_evaluate
 
     ds = load_dataset(args.data)
-    if args.split == "subject":
-        split = split_by_subject(ds, val=args.val, test=args.test, seed=args.seed)
-    elif args.split == "random":
-        split = split_random(ds, val=args.val, test=args.test, seed=args.seed)
-    else:
-        split = split_given(ds)
+    split = split_dataset(ds, args.split, val=args.val, test=args.test, seed=args.seed)
     verbose = 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
     if verbose:
         print(ds.summary())
@@ -183,21 +148,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="score a model on labelled data and print (or write) the report",
-        description="Evaluate MODEL (a model directory) on the labelled images in DATA.",
-    )
+    p = add_command(sub, "evaluate", _cmd_evaluate,
+                    "score a model on labelled data and print (or write) the report",
+                    "Evaluate MODEL (a model directory) on the labelled images in DATA.")
     p.add_argument("model", metavar="MODEL", help="model directory")
     p.add_argument("data", metavar="DATA", help="dataset folder or CSV manifest")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write metrics.json, plots and report.html here")
-    p.add_argument("--batch-size", type=_positive_int_arg, default=32, metavar="N")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: mean p(all) over the 8 flips/rotations "
-                        "(8x the compute)")
-    _add_backend_args(p)
-    p.set_defaults(func=_cmd_evaluate, parser=p)
+    _add_prediction_args(p)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -213,33 +171,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="print p(all) and the label for images",
-        description=(
-            "Print one line per image: path<TAB>p(all)<TAB>label, where label is 'all' when "
-            "p(all) >= the model's threshold, else 'hem'; a fourth field 'no_cell' marks an "
-            "image in which no cell was found (all black, or a speck), whose label means "
-            "little. Non-printable characters in paths are escaped (\\n, \\xNN). Folders "
-            "are searched for images. Unreadable images are reported on stderr (exit "
-            "status 3)."
-        ),
+    p = add_command(
+        sub, "predict", _cmd_predict, "print p(all) and the label for images",
+        "Print one line per image: path<TAB>p(all)<TAB>label, where label is 'all' when p(all) "
+        ">= the model's threshold, else 'hem'; a fourth field 'no_cell' marks an image in "
+        "which no cell was found (all black, or a speck), whose label means little. "
+        "Non-printable characters in paths are escaped (\\n, \\xNN). Folders are searched "
+        "for images. Unreadable images are reported on stderr (exit status 3).",
     )
     p.add_argument("model", metavar="MODEL", help="model directory")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
-    p.add_argument("--batch-size", type=_positive_int_arg, default=32, metavar="N")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: mean p(all) over the 8 flips/rotations "
-                        "(8x the compute)")
-    _add_backend_args(p)
-    p.set_defaults(func=_cmd_predict, parser=p)
+    _add_prediction_args(p)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .._classifier_inputs import predict_files
     from ..data import iter_image_files
-    from ..errors import ImageReadError
 
     _check_precision_args(args)  # the usage error before any file is walked
     files: list[str] = []
@@ -253,51 +202,33 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         else:
             files.append(str(path))
     clf = _load_classifier(args)
-    failed = 0
-    chunk = 256
-    for start in range(0, len(files), chunk):
-        group = files[start : start + chunk]
-        try:
-            rows = _predict_rows(clf, group, args.batch_size, args.tta)
-        except ImageReadError:
-            rows = []
-            for f in group:  # find the unreadable ones, keep the rest
-                try:
-                    rows.extend(_predict_rows(clf, [f], 1, args.tta))
-                except ImageReadError as exc:
-                    failed += 1
-                    print(f"bmcd predict: {printable_path(str(exc))}", file=sys.stderr)
-        for f, p, label, no_cell in rows:
-            flag = "\tno_cell" if no_cell else ""
-            print(f"{printable_path(f)}\t{p:.6f}\t{label}{flag}")
+    failed: list[Exception] = []
+
+    def unreadable(exc: Exception) -> None:
+        failed.append(exc)
+        print(f"bmcd predict: {printable_path(str(exc))}", file=sys.stderr)
+
+    for f, p, label, no_cell in predict_files(clf, files, args.batch_size, args.tta,
+                                              on_error=unreadable):
+        flag = "\tno_cell" if no_cell else ""
+        print(f"{printable_path(f)}\t{p:.6f}\t{label}{flag}")
     sys.stdout.flush()
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
-def _predict_rows(
-    clf, files: list[str], batch_size: int, tta: bool = False
-) -> list[tuple[str, float, str, bool]]:
-    d = clf.predict_details(files, batch_size=batch_size, tta=tta)
-    return list(zip(files, d["p_all"].tolist(), d["label"].tolist(), d["no_cell"].tolist(),
-                    strict=True))
-
-
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="train and evaluate on SYNTHETIC cells, offline, in a few minutes",
-        description=(
-            "Draw a few hundred SYNTHETIC C-NMC-like cells, split them by subject, train "
-            "MobileNetV2 from scratch at a small image size, evaluate on held-out subjects "
-            "and write OUT/model (with report/report.html). No download needed."
-        ),
+    p = add_command(
+        sub, "demo", _cmd_demo,
+        "train and evaluate on SYNTHETIC cells, offline, in a few minutes",
+        "Draw a few hundred SYNTHETIC C-NMC-like cells, split them by subject, train "
+        "MobileNetV2 from scratch at a small image size, evaluate on held-out subjects and "
+        "write OUT/model (with report/report.html). No download needed.",
     )
     p.add_argument("--out", default="bmcd-demo", metavar="DIR",
                    help="output folder (default: bmcd-demo)")
     p.add_argument("--arch", default="mobilenet_v2", choices=["mobilenet_v2", "resnet50"])
     p.add_argument("--quick", action="store_true", help="a smaller, faster smoke run")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

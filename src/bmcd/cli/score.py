@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import BmcdError
-from ._common import EXIT_OK, EXIT_PARTIAL
+from ._common import EXIT_OK, EXIT_PARTIAL, add_command, positive_int, precision
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -14,28 +14,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_score(sub)
 
 
-def _positive_int_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {value}")
-    return value
-
-
 def _add_score(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "score",
-        help="score many images with an exported ONNX model, streaming rows to a CSV",
-        description=(
-            "Score image files with an exported ONNX model. Writes one CSV row per input "
-            "(path,p_all,label,threshold,error,warning), flushed chunk by chunk; unreadable "
-            "files get an error row and the run goes on; warning is no_cell when no cell was "
-            "found in the image. The model is recorded in FILE.json and FILE.lock is held "
-            "while the run writes. Exit status: 0 all scored, 3 some rows carry errors, "
-            "1 fatal error (including: no inputs, output not writable)."
-        ),
+    p = add_command(
+        sub, "score", _cmd_score,
+        "score many images with an exported ONNX model, streaming rows to a CSV",
+        "Score image files with an exported ONNX model. Writes one CSV row per input "
+        "(path,p_all,label,threshold,error,warning), flushed chunk by chunk; unreadable files "
+        "get an error row and the run goes on; warning is no_cell when no cell was found in "
+        "the image. The model is recorded in FILE.json and FILE.lock is held while the run "
+        "writes. Exit status: 0 all scored, 3 some rows carry errors, 1 fatal error "
+        "(including: no inputs, output not writable).",
     )
     p.add_argument("model", metavar="MODEL", help="model directory or bare .onnx file")
     p.add_argument(
@@ -61,22 +49,22 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="inference runtime: onnx (ONNX Runtime, default) or openvino (bmcd[openvino])",
     )
     p.add_argument(
-        "--batch-size", type=_positive_int_arg, default=64, metavar="N",
+        "--batch-size", type=positive_int, default=64, metavar="N",
         help="files per chunk (default 64)",
     )
     p.add_argument(
-        "--workers", type=_positive_int_arg, default=None, metavar="N",
+        "--workers", type=positive_int, default=None, metavar="N",
         help="local: preprocessing threads; dask without --scheduler: local worker "
         "processes (default: CPU count)",
     )
     p.add_argument(
-        "--threads", type=_positive_int_arg, default=None, metavar="N",
+        "--threads", type=positive_int, default=None, metavar="N",
         help="inference threads per session (ONNX Runtime intra-op, OpenVINO) (default: "
         "local: CPU count / inference workers, without spinning; dask: cores / Dask threads "
         "per host)",
     )
     p.add_argument(
-        "--inference-workers", type=_positive_int_arg, default=None, metavar="N",
+        "--inference-workers", type=positive_int, default=None, metavar="N",
         help="local: chunks inferred at once (default: onnx 2 single-thread calls on 2+ "
         "cores, 1 with --threads; openvino 1)",
     )
@@ -94,7 +82,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="Dask scheduler address, e.g. tcp://host:8786 (default: a local cluster)",
     )
     p.add_argument(
-        "--partition-size", type=_positive_int_arg, default=1024, metavar="N",
+        "--partition-size", type=positive_int, default=1024, metavar="N",
         help="dask: files per task (default 1024)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -103,7 +91,6 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="also write one row per subject (from C-NMC file names): cells, mean p(all), "
         "fraction called 'all', subject call (mean p(all) >= threshold)",
     )
-    p.set_defaults(func=_cmd_score, parser=p)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -124,7 +111,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         resume=args.resume,
-        precision="int8" if args.int8 else "bf16" if args.bf16 else "fp32",
+        precision=precision(args),
         backend=args.backend,
         inference_workers=args.inference_workers,
         engine=engine,

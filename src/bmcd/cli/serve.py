@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._common import add_command
+
 __all__ = ["add_commands", "add_parser", "run"]
 
 _MB = 1024 * 1024
@@ -18,13 +20,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     from ..serving.limits import ServeLimits
 
     d = ServeLimits()
-    p = subparsers.add_parser(
-        "serve",
-        help="serve a model over HTTP with an upload page (needs the 'serve' extra)",
-        description=(
-            "Serve MODEL with ONNX Runtime: POST /v1/predict (multipart images -> JSON), "
-            "GET /v1/model, GET /healthz and an upload page at /. Stop with Ctrl-C."
-        ),
+    p = add_command(
+        subparsers, "serve", run,
+        "serve a model over HTTP with an upload page (needs the 'serve' extra)",
+        "Serve MODEL with ONNX Runtime: POST /v1/predict (multipart images -> JSON), GET "
+        "/v1/model, GET /healthz and an upload page at /. Stop with Ctrl-C.",
     )
     p.add_argument("model", metavar="MODEL", help="model directory (or a bare .onnx file)")
     p.add_argument("--host", default="127.0.0.1",
@@ -47,7 +47,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--log-level", default="warning",
                    choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn log level (default: warning)")
-    p.set_defaults(func=run)
     return p
 
 

@@ -26,7 +26,14 @@ from ._discovery import load_dataset, resolve_image_paths
 from ._files import is_image_file, iter_image_files
 from ._folds import LINKED_SUBJECTS, linked_subjects_of, subject_folds, subject_groups
 from ._names import LAYOUTS, TRANSFORMS, parse_label, parse_subject
-from ._splits import Split, split_by_subject, split_given, split_random
+from ._splits import (
+    SPLIT_METHODS,
+    Split,
+    split_by_subject,
+    split_dataset,
+    split_given,
+    split_random,
+)
 from ._tta import TTA_VIEWS, tta_views
 
 __all__ = [
@@ -41,6 +48,8 @@ __all__ = [
     "split_by_subject",
     "split_random",
     "split_given",
+    "split_dataset",
+    "SPLIT_METHODS",
     "subject_folds",
     "subject_groups",
     "LINKED_SUBJECTS",

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..artifact import CLASSES
-from ..errors import DatasetError
+from ..errors import ConfigError, DatasetError
 from ._dataset import Dataset
 from ._names import _listing, _subject_sort_key
 
@@ -245,3 +245,32 @@ def split_given(dataset: Dataset) -> Split:
         method="given",
         seed=None,
     )
+
+
+#: The split methods of :func:`split_dataset` (``bmcd train --split``), the honest one first.
+SPLIT_METHODS = ("subject", "random", "given")
+
+
+def split_dataset(
+    dataset: Dataset,
+    method: str = "subject",
+    val: float = 0.2,
+    test: float = 0.2,
+    seed: int | None = 0,
+) -> Split:
+    """Split ``dataset`` the named way: :func:`split_by_subject` (``"subject"``),
+    :func:`split_random` (``"random"``) or :func:`split_given` (``"given"``, which
+    ignores the fractions and the seed).
+
+    Raises
+    ------
+    ConfigError
+        ``method`` is not one of :data:`SPLIT_METHODS`.
+    """
+    if method == "subject":
+        return split_by_subject(dataset, val=val, test=test, seed=seed)
+    if method == "random":
+        return split_random(dataset, val=val, test=test, seed=seed)
+    if method == "given":
+        return split_given(dataset)
+    raise ConfigError(f"method must be one of {list(SPLIT_METHODS)}; received {method!r}.")

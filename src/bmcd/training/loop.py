@@ -7,6 +7,7 @@ phase (see docs/architecture.rst).
 
 from __future__ import annotations
 
+import platform
 import time
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._version import __version__
 from ..data import balance_augment, class_weights
 from ..errors import ConfigError
 from ..runtimes.keras import keras_module
@@ -21,7 +23,7 @@ from .config import TrainConfig
 from .models import SCRATCH_BN_MOMENTUM, check_arch
 from .sequence import sequence_class
 
-__all__ = ["set_seed", "train_model"]
+__all__ = ["environment", "set_seed", "train_model"]
 
 
 def set_seed(seed: int) -> dict[str, int]:
@@ -29,6 +31,21 @@ def set_seed(seed: int) -> dict[str, int]:
     keras = keras_module()
     keras.utils.set_random_seed(int(seed))
     return {"python": int(seed), "numpy": int(seed), "keras": int(seed)}
+
+
+def environment() -> dict[str, str]:
+    """The versions a model is trained with, as ``bmcd.json`` records them
+    (``training.environment``)."""
+    import keras
+    import tensorflow as tf
+
+    return {
+        "bmcd": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def _fine_tune_index(backbone, fine_tune_from: str | int) -> int:
