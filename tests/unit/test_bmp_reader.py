@@ -133,3 +133,21 @@ def test_threads_do_not_share_scratch_buffers(tmp_path):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_the_direct_reader_keeps_the_pixel_limit(tmp_path):
+    """A 24-bit BMP over the pixel limit is refused by the fast path before any allocation."""
+    from bmcd.errors import ImageReadError
+    from bmcd.imageio import set_max_pixels
+
+    small = _write_bmp(tmp_path / "small.bmp", np.full((40, 30, 3), 90, np.uint8))
+    assert _read_bmp(small) is not None  # the fast path reads this file
+    set_max_pixels(1000)  # 40 x 30 = 1,200 pixels
+    try:
+        with pytest.raises(ImageReadError, match="more than the limit of 1,000 pixels"):
+            _read_bmp(small)
+        with pytest.raises(ImageReadError, match="small.bmp"):
+            preprocess(small, PreprocessConfig(image_size=16))
+    finally:
+        set_max_pixels(None)
+    assert preprocess(small, PreprocessConfig(image_size=16)).shape == (16, 16, 3)
