@@ -116,7 +116,6 @@ _SEED_PARITY = 40_001
 def _ort_probe(opsets: tuple[tuple[str, int], ...], ir_version: int) -> str | None:
     """None when onnxruntime loads a one-node model with these opsets and IR, else why not."""
     optional_import("onnx", purpose="ONNX export")
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
@@ -127,11 +126,10 @@ def _ort_probe(opsets: tuple[tuple[str, int], ...], ir_version: int) -> str | No
     )
     model.ir_version = int(ir_version)
     try:
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        return f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:300]}"
+        make_session(model.SerializeToString(), threads=1, log_severity=4)
+    except ModelFormatError as exc:
+        cause = exc.__cause__ or exc
+        return f"{cause.__class__.__name__}: {(str(cause).strip().splitlines() or [''])[0][:300]}"
     return None
 
 

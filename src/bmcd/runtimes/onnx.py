@@ -35,6 +35,7 @@ def make_session(
     providers: list[str] | tuple[str, ...] | None = None,
     inter_op_threads: int = 1,
     allow_spinning: bool = True,
+    log_severity: int = 3,
 ):
     """The one way bmcd opens an ONNX Runtime session.
 
@@ -55,6 +56,9 @@ def make_session(
         Threads across operators (sequential execution uses 1).
     allow_spinning : bool
         Let idle intra-op threads spin (ONNX Runtime's default).
+    log_severity : int
+        ONNX Runtime's log level (3: errors only; 4: fatal only, for probes that expect
+        to fail).
 
     Returns
     -------
@@ -82,7 +86,7 @@ def make_session(
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = int(threads) if threads else default_workers()
     so.inter_op_num_threads = int(inter_op_threads)
-    so.log_severity_level = 3
+    so.log_severity_level = int(log_severity)
     if not allow_spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = path if isinstance(path, bytes) else str(path)

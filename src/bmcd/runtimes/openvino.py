@@ -222,11 +222,9 @@ def _read_onnx_meta(model, path: Path) -> dict[str, Any]:
             return parse_onnx_metadata({ONNX_METADATA_KEY: text}, source=str(path))
     except (AttributeError, RuntimeError, TypeError):  # pragma: no cover - older OpenVINO
         pass
-    import onnxruntime as ort
+    from .onnx import make_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    session = make_session(path, threads=1)
     return parse_onnx_metadata(session.get_modelmeta().custom_metadata_map, source=str(path))
 
 
