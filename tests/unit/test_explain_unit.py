@@ -229,3 +229,33 @@ def test_serve_returns_overlays_on_request(cam_model, cells):
         assert r["error"] is None and f["cam_png"] == r["cam_png"]
         assert base64.b64decode(r["cam_png"]) == to_png(o)
     assert [r["p_all"] for r in got] == [r["p_all"] for r in plain]
+
+
+def test_int8_maps_that_failed_their_check_are_refused_not_the_int8_file(cam_model, cells,
+                                                                          tmp_path):
+    """p(all) decides whether the int8 file is kept; maps that failed their check at export
+    are recorded, and the backend then refuses to explain with that file."""
+    import json
+    import shutil
+
+    from bmcd.artifact import file_sha256
+
+    d = tmp_path / "model"
+    shutil.copytree(cam_model, d)
+    shutil.copy(d / "model.onnx", d / "model.int8.onnx")  # stands in for the int8 file
+    meta = json.loads((d / "bmcd.json").read_text())
+    cam_record = {"passed": False, "max_rel_diff": 0.339, "rtol": 0.2, "min_correlation": 0.61}
+    meta.setdefault("exports", {})["onnx_int8"] = {
+        "file": "model.int8.onnx", "sha256": file_sha256(d / "model.int8.onnx"),
+        "gate": {"passed": True, "cam": cam_record},
+    }
+    (d / "bmcd.json").write_text(json.dumps(meta))
+    clf = Classifier.load(d, backend="onnx", precision="int8")
+    assert not clf.backend_.has_cam
+    assert clf.predict_proba(cells[:2]).shape == (2, 2)  # the int8 file itself serves
+    with pytest.raises(CamUnavailableError, match="failed their check against fp32.*0.339"):
+        clf.explain(cells[:2])
+    cam_record["passed"] = True
+    (d / "bmcd.json").write_text(json.dumps(meta))
+    clf = Classifier.load(d, backend="onnx", precision="int8")
+    assert clf.backend_.has_cam and clf.explain(cells[:2]).shape[0] == 2

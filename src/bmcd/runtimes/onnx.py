@@ -247,8 +247,18 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def has_cam(self) -> bool:
-        """Whether the file has the ``cam`` output (exported by bmcd with maps)."""
-        return self._cam_name is not None
+        """Whether the file gives usable class activation maps: it has the ``cam`` output
+        (exported by bmcd with maps) and, for the int8 file, its maps passed their check
+        against fp32 at export."""
+        return self._cam_name is not None and self._cam_check_failure() is None
+
+    def _cam_check_failure(self) -> dict[str, Any] | None:
+        """The export record of an int8 map check that failed, else None."""
+        if self.precision != "int8" or not isinstance(self.meta, dict):
+            return None
+        rec = (self.meta.get("exports") or {}).get("onnx_int8") or {}
+        cam = (rec.get("gate") or {}).get("cam") if isinstance(rec, dict) else None
+        return cam if isinstance(cam, dict) and cam.get("passed") is False else None
 
     def explain_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """p(all) ``(n,)`` and class activation maps ``(n, h, w)`` from the ``cam`` output.
@@ -265,6 +275,15 @@ class OnnxRuntimeBackend(Backend):
                 f"whose head has no exact map). Re-export the model directory with "
                 f"`bmcd export MODEL_DIR` (and `--int8` for the int8 file), or explain with "
                 f"backend='keras'."
+            )
+        failed = self._cam_check_failure()
+        if failed is not None:
+            raise CamUnavailableError(
+                f"The int8 maps of '{self.model_path}' failed their check against fp32 at "
+                f"export (max difference {failed.get('max_rel_diff', float('nan')):.3g} of the "
+                f"map scale, allowed {failed.get('rtol', float('nan')):g}), so they are not "
+                f"used. Explain with the fp32 model (precision='fp32', or `bmcd explain` "
+                f"without --int8)."
             )
         S = self.image_size
         if x.ndim != 4 or x.shape[1:] != (S, S, 3):

@@ -191,8 +191,7 @@ def create_app(
     threshold = float(clf.threshold_)
     classes = list(clf.classes_)
     onnx_path = Path(backend.model_path)
-    output_names = [o.name for o in backend._session.get_outputs()]
-    cam_available = CAM_OUTPUT in output_names
+    cam_available = backend.has_cam  # the output exists and, for int8, passed its check
     int8_record = meta.export("onnx_int8") if precision == "int8" else None
     identity: dict[str, Any] = {
         "arch": meta.arch,
@@ -355,11 +354,14 @@ def create_app(
             cam_value = request.query_params.get("cam") or form.get("cam") or ""
             want_cam = isinstance(cam_value, str) and cam_value.strip().lower() in _TRUE
             if want_cam and not cam_available:
+                why = ("its int8 maps failed their check against fp32 at export (serve "
+                       "--precision fp32 to get maps)" if backend._cam_name is not None else
+                       f"its ONNX file '{onnx_path.name}' has no '{CAM_OUTPUT}' output "
+                       f"(re-export the model with this bmcd version: `bmcd export "
+                       f"MODEL_DIR`)")
                 return error(501, "cam_not_available", (
-                    f"Class activation maps are not available for this model: its ONNX file "
-                    f"'{onnx_path.name}' has no '{CAM_OUTPUT}' output. Re-export the model "
-                    f"with this bmcd version (`bmcd export MODEL_DIR`), or ask without "
-                    f"cam=true."))
+                    f"Class activation maps are not available for this model: {why}. Or "
+                    f"ask without cam=true."))
             if not uploads:
                 return error(400, "no_files", (
                     "The request carries no files. Send one or more images as "
