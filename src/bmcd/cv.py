@@ -246,6 +246,9 @@ def cross_validate(
     pooled_rows = {kind: pooled_row(acc) for kind, acc in pooled.items()}
     noise = _noise_record(np.concatenate([a for a, _, _ in noise_parts]),
                           np.concatenate([b for _, b, _ in noise_parts]), 0.5)
+    # the flips are the folds' own (monotone shift); the largest change of p(all) is taken
+    # on the folds' own scale, not the shifted one
+    noise["max_abs_p_change"] = max(f["noise"]["max_abs_p_change"] for f in fold_rows)
     result = {
         "settings": {
             "folds": int(folds), "arch": arch, "image_size": image_size,
