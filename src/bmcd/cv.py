@@ -7,7 +7,11 @@ bootstrap over subjects. The pooled row puts every held-out cell of every fold t
 each fold's p(all) is first moved by a monotone logit shift that puts that fold's own
 threshold at 0.5 (ranking within a fold unchanged), so the pooled labels are exactly the
 folds' own labels. Folds keep linked subjects together (:data:`bmcd.data.LINKED_SUBJECTS`).
-See docs/accuracy.rst for the settings and how to reproduce the table.
+Each held-out fold is also scored with +-1 gray level of uniform noise on every pixel, and
+the share of cells keeping their label is reported (the yardstick of the int8 gate,
+:mod:`bmcd.exporters.quantize`). :func:`cv_splits` and :func:`prediction_row` are public so
+that another recipe (benchmarks/peer_recipe.py) can be scored on the same folds with the
+same metric code. See docs/accuracy.rst for the settings and how to reproduce the table.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from .errors import DatasetError
 from .metrics import INTERVAL_METRICS, EvaluationReport
 from .metrics._evaluation import jsonable
 
-__all__ = ["cross_validate", "cv_markdown", "CV_JSON", "CV_MARKDOWN"]
+__all__ = ["cross_validate", "cv_markdown", "cv_splits", "pooled_row", "prediction_row",
+           "CV_JSON", "CV_MARKDOWN", "NOISE_SEED"]
 
 CV_JSON = "cv.json"
 CV_MARKDOWN = "cv.md"
+#: Seed of the +-1 gray level noise drawn for the label-stability check.
+NOISE_SEED = 20190
 
 
 def _recentre(p: np.ndarray, threshold: float) -> np.ndarray:
@@ -50,6 +57,91 @@ def _row(rep: EvaluationReport) -> dict[str, Any]:
     return out
 
 
+def prediction_row(y: Any, p: Any, threshold: float, subjects: Any) -> dict[str, Any]:
+    """The metrics row of one set of predictions (95% intervals by bootstrap over subjects)."""
+    return _row(EvaluationReport.from_predictions(
+        np.asarray(y), np.asarray(p, dtype=np.float64), threshold=float(threshold),
+        subjects=list(subjects)))
+
+
+def pooled_row(parts: list[tuple[Any, Any, float, Any]]) -> dict[str, Any]:
+    """One row over several folds' ``(y, p, threshold, subjects)``.
+
+    Each fold's p(all) is moved by the monotone logit shift that puts its threshold at 0.5,
+    so the pooled labels are the folds' own labels.
+    """
+    return prediction_row(
+        np.concatenate([np.asarray(y) for y, _, _, _ in parts]),
+        np.concatenate([_recentre(np.asarray(p, dtype=np.float64), t) for _, p, t, _ in parts]),
+        0.5, [s for _, _, _, subj in parts for s in subj])
+
+
+def cv_splits(ds: Any, folds: int = 5, seed: int = 0, val: float = 0.2) -> list[dict[str, Any]]:
+    """The folds of :func:`cross_validate`: per fold ``train`` (all training subjects),
+    ``fit`` (what the model trains on), ``validation`` (inner subject-disjoint part, or
+    None) and ``test`` (held-out subjects), as :class:`~bmcd.data.Dataset`.
+
+    The same ``(ds, folds, seed, val)`` always give the same parts, so another recipe can be
+    trained and scored on exactly these cells.
+    """
+    from .data import split_by_subject, subject_folds
+
+    out = []
+    for train, test in subject_folds(ds, folds=folds, seed=seed):
+        inner = split_by_subject(train, val=val, test=0.0, seed=seed) if val > 0 else None
+        out.append({
+            "train": train,
+            "fit": inner.train if inner is not None else train,
+            "validation": inner.val if inner is not None and len(inner.val) else None,
+            "test": test,
+        })
+    return out
+
+
+def _scores(clf: Any, test: Any, kinds: list[str]) -> tuple[dict[str, np.ndarray], dict]:
+    """p(all) of the test cells per kind ("plain", "tta"), and the noise check.
+
+    Images are preprocessed once; "noise" is p(all) of the same inputs plus uniform noise
+    of +-1 gray level per pixel (clipped to [0, 255]).
+    """
+    from .data import tta_views
+    from .preprocessing import preprocess_batch
+
+    backend, config = clf.backend_, clf._config()
+    paths = test.absolute_paths()
+    rng = np.random.default_rng(NOISE_SEED)
+    out: dict[str, list] = {k: [] for k in [*kinds, "noise"]}
+    secs = {k: 0.0 for k in out}
+    t = time.perf_counter()
+    chunks = []
+    for start in range(0, len(paths), 256):
+        chunks.append(preprocess_batch(paths[start : start + 256], config))
+    pre = time.perf_counter() - t
+    for x in chunks:
+        for kind in out:
+            t = time.perf_counter()
+            if kind == "plain":
+                p = backend.predict_batch(x)
+            elif kind == "tta":
+                p = np.mean([backend.predict_batch(v) for v in tta_views(x)], axis=0)
+            else:
+                noisy = np.clip(x + rng.uniform(-1.0, 1.0, x.shape), 0.0, 255.0)
+                p = backend.predict_batch(noisy.astype(np.float32))
+            out[kind].append(np.asarray(p, dtype=np.float64).reshape(-1))
+            secs[kind] += time.perf_counter() - t
+    return ({k: np.concatenate(v) for k, v in out.items()},
+            {k: round(v + pre, 2) for k, v in secs.items()})
+
+
+def _noise_record(p: np.ndarray, p_noisy: np.ndarray, threshold: float) -> dict[str, Any]:
+    flips = int(np.sum((p >= threshold) != (p_noisy >= threshold)))
+    n = int(len(p))
+    return {"n": n, "label_flips": flips,
+            "label_agreement": 1.0 - flips / n if n else float("nan"),
+            "max_abs_p_change": float(np.max(np.abs(p - p_noisy))) if n else float("nan"),
+            "noise": "uniform +-1 gray level per pixel on the preprocessed input"}
+
+
 def cross_validate(
     data: Any,
     folds: int = 5,
@@ -58,6 +150,7 @@ def cross_validate(
     image_size: int | None = None,
     weights: Any = None,
     seed: int = 0,
+    fold_seed: int | None = None,
     val: float = 0.2,
     threshold_rule: str | None = "youden",
     tta: bool = False,
@@ -75,6 +168,9 @@ def cross_validate(
     folds : int, default 5
     arch, image_size, weights, seed :
         As :class:`~bmcd.Classifier` (``weights=None``: from scratch, offline).
+    fold_seed : int, optional
+        Seed of the fold assignment and the inner validation split (default: ``seed``).
+        Fix it to vary only the training seed over the same folds.
     val : float, default 0.2
         Inner validation fraction of each fold's training subjects (early stopping and
         the threshold); 0 trains without one and keeps the threshold at 0.5.
@@ -96,61 +192,68 @@ def cross_validate(
     -------
     dict
         ``settings``, ``folds`` (per fold: rows ``plain`` and, with ``tta``, ``tta``; train
-        and test subjects; seconds), ``pooled`` ({plain, tta}), ``seconds``.
+        and test subjects; ``noise``, the label stability under +-1 gray level of input
+        noise; seconds), ``pooled`` ({plain, tta}), ``noise`` (pooled), ``seconds``.
     """
     from ._classifier_inputs import _as_dataset
     from .classifier import Classifier
-    from .data import split_by_subject, subject_folds
     from .training.evaluate import _tune_threshold, _warn_if_constant
 
     ds = _as_dataset(data, "data")
     if len(ds) == 0:
         raise DatasetError("Cannot cross-validate on an empty dataset.")
-    parts = subject_folds(ds, folds=folds, seed=seed)
+    fseed = int(seed if fold_seed is None else fold_seed)
+    parts = cv_splits(ds, folds=folds, seed=fseed, val=val)
+    if image_size is None:
+        image_size = Classifier().image_size
+    kinds = ["plain", "tta"] if tta else ["plain"]
     t_all = time.perf_counter()
     fold_rows: list[dict[str, Any]] = []
-    pooled: dict[str, dict[str, list]] = {}
-    for i, (train, test) in enumerate(parts):
+    pooled: dict[str, list] = {k: [] for k in kinds}
+    noise_parts: list[tuple[np.ndarray, np.ndarray, float]] = []
+    for i, part in enumerate(parts):
         t0 = time.perf_counter()
-        inner = split_by_subject(train, val=val, test=0.0, seed=seed) if val > 0 else None
+        train, fit_on, val_part, test = part["train"], part["fit"], part["validation"], part["test"]
         clf = Classifier(arch=arch, image_size=image_size, weights=weights, seed=seed)
-        fit_on = inner.train if inner is not None else train
-        val_part = inner.val if inner is not None and len(inner.val) else None
         clf.fit(fit_on, validation=val_part, config=config, verbose=verbose, **train_settings)
+        t_fit = time.perf_counter() - t0
         if val_part is not None:
             vrep = clf.evaluate(val_part)
             _warn_if_constant(vrep.p_all)
             _tune_threshold(clf, val_part, vrep, threshold_rule)
+        thr = float(clf.threshold_)
         row: dict[str, Any] = {
             "fold": i,
             "train_subjects": train.subject_list(),
             "validation_subjects": val_part.subject_list() if val_part is not None else [],
             "test_subjects": test.subject_list(),
-            "threshold": float(clf.threshold_),
+            "threshold": thr,
+            "epochs_run": clf.meta_["training"].get("epochs_run"),
         }
-        for kind in (["plain", "tta"] if tta else ["plain"]):
-            t1 = time.perf_counter()
-            p = clf._p_all(test, tta=(kind == "tta"))
-            row[f"seconds_predict_{kind}"] = round(time.perf_counter() - t1, 2)
-            rep = EvaluationReport.from_predictions(
-                test.labels, p, threshold=clf.threshold_, subjects=test.subjects)
-            row[kind] = _row(rep)
-            acc = pooled.setdefault(kind, {"y": [], "p": [], "s": []})
-            acc["y"].append(np.asarray(test.labels))
-            acc["p"].append(_recentre(p, clf.threshold_))
-            acc["s"].extend(test.subjects)
+        p, secs = _scores(clf, test, kinds)
+        for kind in kinds:
+            row[f"seconds_predict_{kind}"] = secs[kind]
+            row[kind] = prediction_row(test.labels, p[kind], thr, test.subjects)
+            pooled[kind].append((np.asarray(test.labels), p[kind], thr, test.subjects))
+        row["noise"] = _noise_record(p["plain"], p["noise"], thr)
+        noise_parts.append((_recentre(p["plain"], thr), _recentre(p["noise"], thr), 0.5))
+        row["seconds_fit"] = round(t_fit, 2)
         row["seconds"] = round(time.perf_counter() - t0, 2)
         fold_rows.append(row)
-    pooled_rows = {}
-    for kind, acc in pooled.items():
-        rep = EvaluationReport.from_predictions(
-            np.concatenate(acc["y"]), np.concatenate(acc["p"]), threshold=0.5,
-            subjects=acc["s"])
-        pooled_rows[kind] = _row(rep)
+        if verbose:
+            print(f"bmcd cv: fold {i}: ROC-AUC {row['plain']['roc_auc']:.3f} "
+                  f"({row['seconds']:.0f} s)", flush=True)
+    pooled_rows = {kind: pooled_row(acc) for kind, acc in pooled.items()}
+    noise = _noise_record(np.concatenate([a for a, _, _ in noise_parts]),
+                          np.concatenate([b for _, b, _ in noise_parts]), 0.5)
+    # the flips are the folds' own (monotone shift); the largest change of p(all) is taken
+    # on the folds' own scale, not the shifted one
+    noise["max_abs_p_change"] = max(f["noise"]["max_abs_p_change"] for f in fold_rows)
     result = {
         "settings": {
             "folds": int(folds), "arch": arch, "image_size": image_size,
             "weights": None if weights is None else str(weights), "seed": int(seed),
+            "fold_seed": fseed,
             "val": float(val), "threshold_rule": threshold_rule, "tta": bool(tta),
             "train_settings": jsonable({**(config.to_dict() if config is not None else {}),
                                         **train_settings}),
@@ -159,6 +262,7 @@ def cross_validate(
         },
         "folds": fold_rows,
         "pooled": pooled_rows,
+        "noise": noise,
         "seconds": round(time.perf_counter() - t_all, 2),
     }
     if out is not None:
@@ -204,6 +308,11 @@ def cv_markdown(result: dict[str, Any]) -> str:
         r = result["pooled"][kind]
         lines.append(f"| **pooled {kind}** | {r['n']} | {len(r['subjects'])} | "
                      + " | ".join(_fmt(r, k) for k in keys) + " |")
+    nz = result.get("noise")
+    if nz:
+        lines += ["", f"Label stability under +-1 gray level of uniform input noise: "
+                      f"{nz['label_agreement']:.4f} ({nz['label_flips']} of {nz['n']} cells "
+                      f"change label)."]
     lines += ["", "### Per subject (pooled, plain)", "",
               "| subject | cells | true class | mean p(all) | called 'all' | accuracy |",
               "|---|---|---|---|---|---|"]

@@ -29,6 +29,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true",
                    help="also score with test-time augmentation (8 flips/rotations)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--fold-seed", type=int, default=None, metavar="N",
+                   help="seed of the fold assignment (default: --seed); fix it to compare "
+                        "training seeds on the same folds")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_training_settings(p)
     p.set_defaults(weights=None)  # from scratch unless --weights says otherwise: offline
@@ -46,8 +49,8 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         print(ds.summary(), flush=True)
     result = cross_validate(
         ds, folds=args.folds, arch=args.arch, image_size=args.image_size,
-        weights=args.weights, seed=args.seed, val=args.val, tta=args.tta, out=args.out,
-        config=config,
+        weights=args.weights, seed=args.seed, fold_seed=args.fold_seed, val=args.val,
+        tta=args.tta, out=args.out, config=config, verbose=verbose,
     )
     print(cv_markdown(result))
     print(f"{args.out}/{CV_JSON}, {args.out}/{CV_MARKDOWN} ({result['seconds']:.0f} s)")
