@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _tiny_models import TINY_IR_VERSION, TINY_OPSET
+from _tiny_models import save_tiny_model
 
 BLOCK = 8
 
@@ -26,10 +26,8 @@ def build_tiny_cam_model(
     out_dir: str | Path, *, image_size: int = 32, scale: float = 0.08, bias: float = -8.0,
 ) -> Path:
     """Write ``model.onnx`` (outputs ``p_all`` then ``cam``) and ``bmcd.json``; return the dir."""
-    import onnx
     from onnx import TensorProto, helper
 
-    from bmcd.artifact import ONNX_FILE, new_model_json, onnx_metadata, write_model_json
     from bmcd.preprocessing import PreprocessConfig
 
     out_dir = Path(out_dir)
@@ -56,18 +54,8 @@ def build_tiny_cam_model(
         helper.make_node("Sigmoid", ["logit2"], ["p_all"]),
     ]
     graph = helper.make_graph(nodes, "bmcd_tiny_cam", [x], [p, c], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", TINY_OPSET)],
-                              producer_name="bmcd-tests")
-    model.ir_version = TINY_IR_VERSION
-    meta = new_model_json(arch="tiny-cam", preprocess=PreprocessConfig(image_size=S),
-                          threshold=0.5)
-    for key, value in onnx_metadata(meta).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out_dir / ONNX_FILE))
-    write_model_json(out_dir, meta)
-    return out_dir
+    return save_tiny_model(graph, out_dir, arch="tiny-cam",
+                           preprocess=PreprocessConfig(image_size=S), threshold=0.5)
 
 
 def tiny_cam_expected(x: np.ndarray, *, scale: float = 0.08, bias: float = -8.0):

@@ -33,10 +33,8 @@ def build_tiny_onnx_model(
     defaults, a preprocessed image whose mean value is 100 sits exactly on p = 0.5, so cells of
     different sizes and brightness get both labels.
     """
-    import onnx
     from onnx import TensorProto, helper
 
-    from bmcd.artifact import ONNX_FILE, new_model_json, onnx_metadata, write_model_json
     from bmcd.preprocessing import PreprocessConfig
 
     out_dir = Path(out_dir)
@@ -56,22 +54,8 @@ def build_tiny_onnx_model(
         helper.make_node("Sigmoid", ["logit"], ["p_all"]),
     ]
     graph = helper.make_graph(nodes, "bmcd_tiny_mean", [x], [y], initializer=inits)
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", TINY_OPSET)],
-        producer_name="bmcd-tests",
-    )
-    model.ir_version = TINY_IR_VERSION
-    meta = new_model_json(
-        arch=arch, preprocess=PreprocessConfig(image_size=S), threshold=threshold
-    )
-    for key, value in onnx_metadata(meta).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out_dir / ONNX_FILE))
-    write_model_json(out_dir, meta)
-    return out_dir
+    return save_tiny_model(graph, out_dir, arch=arch,
+                           preprocess=PreprocessConfig(image_size=S), threshold=threshold)
 
 
 def tiny_model_expected(x: np.ndarray, *, scale: float = 0.08, bias: float = -8.0) -> np.ndarray:
@@ -135,3 +119,23 @@ def write_bad_files(out_dir: str | Path, good_example: Path) -> dict[str, Path]:
 
 def read_metadata(model_dir: str | Path) -> dict:
     return json.loads((Path(model_dir) / "bmcd.json").read_text())
+
+
+def save_tiny_model(graph, out_dir: Path, *, arch: str, preprocess, threshold: float) -> Path:
+    """Write ``graph`` as ``model.onnx`` with bmcd metadata, and ``bmcd.json``; return the dir."""
+    import onnx
+    from onnx import helper
+
+    from bmcd.artifact import ONNX_FILE, new_model_json, onnx_metadata, write_model_json
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", TINY_OPSET)],
+                              producer_name="bmcd-tests")
+    model.ir_version = TINY_IR_VERSION
+    meta = new_model_json(arch=arch, preprocess=preprocess, threshold=threshold)
+    for key, value in onnx_metadata(meta).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    onnx.save(model, str(Path(out_dir) / ONNX_FILE))
+    write_model_json(out_dir, meta)
+    return Path(out_dir)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _tiny_models import TINY_IR_VERSION, TINY_OPSET
+from _tiny_models import save_tiny_model
 
 
 def weighted_model_weights(image_size: int) -> np.ndarray:
@@ -35,10 +35,8 @@ def weighted_model_expected(x: np.ndarray, scale: float, bias: float) -> np.ndar
 def build_weighted_onnx_model(out_dir: str | Path, *, image_size: int = 32,
                               scale: float = 2e-4, bias: float = 0.0) -> Path:
     """Write a bmcd model directory with the weighted model; return the dir."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from bmcd.artifact import ONNX_FILE, new_model_json, onnx_metadata, write_model_json
     from bmcd.preprocessing import PreprocessConfig
 
     out_dir = Path(out_dir)
@@ -61,15 +59,5 @@ def build_weighted_onnx_model(out_dir: str | Path, *, image_size: int = 32,
     ]
     inits.append(numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"))
     graph = helper.make_graph(nodes, "bmcd_tiny_weighted", [x], [y], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", TINY_OPSET)],
-                              producer_name="bmcd-tests")
-    model.ir_version = TINY_IR_VERSION
-    meta = new_model_json(arch="tiny-weighted", preprocess=PreprocessConfig(image_size=S),
-                          threshold=0.5)
-    for key, value in onnx_metadata(meta).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out_dir / ONNX_FILE))
-    write_model_json(out_dir, meta)
-    return out_dir
+    return save_tiny_model(graph, out_dir, arch="tiny-weighted",
+                           preprocess=PreprocessConfig(image_size=S), threshold=0.5)

@@ -24,6 +24,7 @@ __all__ = [
     "cam_graph",
     "cam_parity",
     "cam_parity_keras",
+    "int8_cam_check",
     "onnx_cams",
 ]
 
@@ -139,3 +140,35 @@ def cam_parity_keras(two_output_model, onnx_path, x: np.ndarray, batch_size: int
     ])
     test = onnx_cams(make_session(onnx_path), x, b)
     return cam_parity(ref, test, rtol=CAM_FP32_RTOL, what="ONNX fp32")
+
+
+def int8_cam_check(fp32_path, int8_path, x: np.ndarray, batch_size: int,
+                   int8_name: str) -> dict[str, Any] | None:
+    """The int8 file's maps against the fp32 file's (:data:`CAM_INT8_RTOL`), or None when
+    the files have no ``cam`` output.
+
+    The int8 gate on p(all) decides whether the int8 file is kept: p(all) is what it is
+    for. Maps that fail this check are recorded (``passed: False``) with a warning, and the
+    ONNX backend then refuses to explain with that file (docs/models.rst).
+    """
+    import warnings
+
+    fp32 = make_session(fp32_path)
+    if CAM_OUTPUT not in [o.name for o in fp32.get_outputs()]:
+        return None
+    rec = cam_parity(
+        onnx_cams(fp32, x, batch_size), onnx_cams(make_session(int8_path), x, batch_size),
+        rtol=CAM_INT8_RTOL, min_correlation=CAM_INT8_MIN_CORRELATION, what="int8",
+        check=False,
+    )
+    if not rec["passed"]:
+        warnings.warn(
+            f"The int8 class activation maps differ from the fp32 ones by "
+            f"{rec['max_rel_diff']:.3g} of the map scale (allowed {CAM_INT8_RTOL:g}; "
+            f"smallest per-image correlation {rec['min_correlation']:.3f}). {int8_name} is "
+            f"kept for p(all), which passed its gate, but will not be used to explain: "
+            f"explain with the fp32 model.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return rec

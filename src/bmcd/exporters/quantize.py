@@ -32,10 +32,10 @@ from ..artifact import (
     update_model_json,
 )
 from ..errors import ConfigError, ExportValidationError, ModelFormatError
-from ..runtimes.onnx import CAM_OUTPUT, make_session
+from ..runtimes.onnx import make_session
 from ._common import _human_metadata, _now, _run_session, _set_metadata, _temp_path
 from ._samples import _resolve_samples
-from .cam import CAM_INT8_MIN_CORRELATION, CAM_INT8_RTOL, cam_parity, onnx_cams
+from .cam import int8_cam_check
 
 __all__ = [
     "INT8_MIN_LABEL_AGREEMENT",
@@ -532,30 +532,10 @@ def _quantize(
                         {"first_conv_float": a["first_conv_float"], **a["gate"]} for a in attempts
                     ]},
                 )
-            # the class activation map, int8 vs fp32 (looser tolerance, bmcd.exporters.cam).
-            # The gate above decides whether the int8 file is kept: its p(all) is what it
-            # is for. Maps that fail their check are recorded, and the ONNX backend then
-            # refuses to explain with this file (CamUnavailableError names the fp32 model).
-            if CAM_OUTPUT in [o.name for o in make_session(fp32).get_outputs()]:
-                m = min(len(val.x), 64)
-                gate["cam"] = cam_parity(
-                    onnx_cams(make_session(fp32), val.x[:m], b),
-                    onnx_cams(make_session(best["path"]), val.x[:m], b),
-                    rtol=CAM_INT8_RTOL, min_correlation=CAM_INT8_MIN_CORRELATION,
-                    what="int8", check=False,
-                )
-                if not gate["cam"]["passed"]:
-                    cam = gate["cam"]
-                    warnings.warn(
-                        f"The int8 class activation maps differ from the fp32 ones by "
-                        f"{cam['max_rel_diff']:.3g} of the map scale (allowed "
-                        f"{CAM_INT8_RTOL:g}; smallest per-image correlation "
-                        f"{cam['min_correlation']:.3f}). {ONNX_INT8_FILE} is kept for "
-                        f"p(all), which passed its gate, but will not be used to explain: "
-                        f"explain with the fp32 model.",
-                        UserWarning,
-                        stacklevel=3,
-                    )
+            # the maps are checked and recorded; they never refuse a gated int8 file
+            cam = int8_cam_check(fp32, best["path"], val.x[:64], b, ONNX_INT8_FILE)
+            if cam is not None:
+                gate["cam"] = cam
             qproto = onnx.load(str(best["path"]))
             _set_metadata(qproto, _human_metadata(meta, "int8"))
             qproto.doc_string = (
