@@ -146,6 +146,7 @@ def _find_column(header: list[str], names: Iterable[str]) -> str | None:
 def _load_manifest(csv_path: str) -> Dataset:
     csv_path = os.path.abspath(csv_path)
     base = os.path.dirname(csv_path)
+    reader = None
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             sample = fh.read(4096)
@@ -155,7 +156,7 @@ def _load_manifest(csv_path: str) -> Dataset:
             header = list(reader.fieldnames or [])
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        line = max(1, reader.line_num) if "reader" in locals() else 1
+        line = max(1, reader.line_num) if reader is not None else 1
         raise manifest_error(csv_path, line, exc) from None
 
     prelim = {"patient_id", "new_names", "labels"} <= {h.strip().lower() for h in header}
