@@ -65,8 +65,14 @@ def run_bmcd(ds, args, seed: int, settings: dict[str, Any]) -> dict[str, Any]:
 
     train = {"epochs": args.epochs, "fine_tune_epochs": 0, "batch_size": args.batch_size,
              **settings}
+    from bmcd import PreprocessConfig
+
+    pre = None
+    if args.crop_size != "default":
+        crop = None if args.crop_size == "none" else int(args.crop_size)
+        pre = PreprocessConfig(image_size=args.image_size, crop_size=crop)
     return cross_validate(
-        ds, folds=args.folds, arch="mobilenet_v2", image_size=args.image_size, weights=None,
+        ds, preprocess=pre, folds=args.folds, arch="mobilenet_v2", image_size=args.image_size, weights=None,
         seed=seed, fold_seed=args.fold_seed, val=args.val, tta=True, verbose=args.verbose,
         **train)
 
@@ -225,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="inner validation fraction of each fold's training subjects")
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--crop-size", default="default", metavar="N|none|default",
+                    help="PreprocessConfig.crop_size of bmcd's recipe (default: the library's "
+                         "default for weights=None)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--name", default="bmcd",
                     help="name of the bmcd run in the tables (a variant: with --set)")

@@ -33,7 +33,7 @@ from ._classifier_inputs import (
 from .artifact import CLASSES, ModelMeta, write_model_json
 from .errors import ConfigError, ConfigTypeError, DatasetError, ModelFormatError, NotFittedError
 from .labels import label_names
-from .preprocessing import PreprocessConfig, preprocess_batch
+from .preprocessing import SCRATCH_CROP_SIZE, PreprocessConfig, preprocess_batch
 from .training import TrainConfig
 from .training.models import check_arch, is_scratch
 
@@ -158,7 +158,10 @@ class Classifier:
     # ---------------------------------------------------------------- helpers
     def _preprocess_config(self) -> PreprocessConfig:
         if self.preprocess is None:
-            return PreprocessConfig(image_size=int(self.image_size))
+            # from scratch the cell keeps its scale (docs/accuracy.rst: measured on
+            # subject-grouped folds of real cells); with pretrained weights the crop is tight
+            crop = SCRATCH_CROP_SIZE if is_scratch(self.weights) else None
+            return PreprocessConfig(image_size=int(self.image_size), crop_size=crop)
         if not isinstance(self.preprocess, PreprocessConfig):
             raise ConfigTypeError(
                 f"preprocess must be a PreprocessConfig or None; received "

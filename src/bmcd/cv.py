@@ -157,6 +157,7 @@ def cross_validate(
     out: str | os.PathLike | None = None,
     verbose: int = 0,
     config: Any = None,
+    preprocess: Any = None,
     **train_settings: Any,
 ) -> dict[str, Any]:
     """Cross-validate the training recipe over subject-grouped folds.
@@ -185,6 +186,8 @@ def cross_validate(
         Keras verbosity of each fit (0 silent).
     config : bmcd.training.config.TrainConfig, optional
         The training settings (``train_settings`` are merged over it).
+    preprocess : PreprocessConfig, optional
+        As :class:`~bmcd.Classifier` (default: the Classifier's default for ``weights``).
     **train_settings
         :class:`~bmcd.training.config.TrainConfig` fields (epochs, learning_rate, ...).
 
@@ -214,7 +217,8 @@ def cross_validate(
     for i, part in enumerate(parts):
         t0 = time.perf_counter()
         train, fit_on, val_part, test = part["train"], part["fit"], part["validation"], part["test"]
-        clf = Classifier(arch=arch, image_size=image_size, weights=weights, seed=seed)
+        clf = Classifier(arch=arch, image_size=image_size, weights=weights, seed=seed,
+                         preprocess=preprocess)
         clf.fit(fit_on, validation=val_part, config=config, verbose=verbose, **train_settings)
         t_fit = time.perf_counter() - t0
         if val_part is not None:
@@ -254,6 +258,7 @@ def cross_validate(
             "folds": int(folds), "arch": arch, "image_size": image_size,
             "weights": None if weights is None else str(weights), "seed": int(seed),
             "fold_seed": fseed,
+            "preprocess": clf._config().to_dict() if parts else None,
             "val": float(val), "threshold_rule": threshold_rule, "tta": bool(tta),
             "train_settings": jsonable({**(config.to_dict() if config is not None else {}),
                                         **train_settings}),

@@ -51,6 +51,13 @@ class TrainConfig:
         loss weights; None: the data as they are.
     augment : bool
         Random flips and 90-degree rotations on the fly.
+    color_jitter : float
+        With ``augment``: each training image's three channels are multiplied by gains drawn
+        uniformly from [1 - color_jitter, 1 + color_jitter] (stain and illumination vary
+        between subjects; black background stays black). 0 disables it.
+    noise : float
+        With ``augment``: uniform pixel noise of up to +-``noise`` gray levels is added to
+        each training image (robustness to tiny intensity changes). 0 disables it.
     early_stopping_patience : int or None
         Stop a phase after this many epochs without a lower validation loss and restore
         its best weights (only with validation data); None disables it.
@@ -83,6 +90,8 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-5
     balance: str | None = "augment"
     augment: bool = True
+    color_jitter: float = 0.0
+    noise: float = 0.0
     early_stopping_patience: int | None = 5
     checkpoint_dir: str | os.PathLike | None = None
     verbose: int = 1
@@ -117,6 +126,12 @@ class TrainConfig:
             )
         if not isinstance(self.augment, bool):
             raise bad("augment", "True or False")
+        cj = self.color_jitter
+        if isinstance(cj, bool) or not isinstance(cj, (int, float)) or not 0 <= cj < 1:
+            raise bad("color_jitter", "a number in [0, 1)")
+        nz = self.noise
+        if isinstance(nz, bool) or not isinstance(nz, (int, float)) or not 0 <= nz <= 64:
+            raise bad("noise", "a number of gray levels in [0, 64]")
         p = self.early_stopping_patience
         if p is not None and (not _is_int(p) or p < 0):
             raise bad("early_stopping_patience", "an int >= 0 or None")
@@ -227,6 +242,11 @@ _CLI: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
                           help="augment (default), class_weight or none")),
     (("--no-augment",), dict(dest="augment", action="store_false",
                              help="no random flips / rotations while training")),
+    (("--color-jitter",), dict(dest="color_jitter", type=float, default=0.0, metavar="J",
+                               help="per-channel gain jitter +-J while training (default: 0)")),
+    (("--noise",), dict(dest="noise", type=float, default=0.0, metavar="LEVELS",
+                        help="uniform pixel noise of +-LEVELS gray levels while training "
+                             "(default: 0)")),
     (("--patience",), dict(dest="early_stopping_patience", type=int, default=5, metavar="N",
                            help="early-stopping patience in epochs (default: 5)")),
     (("--cache-dir",), dict(dest="cache_dir", default=None, metavar="DIR",

@@ -171,7 +171,8 @@ def train_model(
 
     Seq = sequence_class()
     train_seq = Seq(x_train, y_train, batch_size, indices=indices, transforms=transforms,
-                    shuffle=True, augment=augment, seed=seed)
+                    shuffle=True, augment=augment, seed=seed,
+                    color_jitter=cfg.color_jitter, noise=cfg.noise)
     val_seq = Seq(x_val, y_val, max(batch_size, 64)) if has_val else None
 
     backbone = model.get_layer("backbone")
@@ -273,6 +274,8 @@ def train_model(
         "history": {"phases": [{"name": p["name"], "history": p["history"]} for p in phases]},
         "balance": balance_info,
         "augment": bool(augment),
+        "color_jitter": float(cfg.color_jitter) if augment else 0.0,
+        "noise": float(cfg.noise) if augment else 0.0,
         "batch_size": int(batch_size),
         "early_stopping_patience": early_stopping_patience if has_val else None,
         "seed": int(seed),

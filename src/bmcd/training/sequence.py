@@ -138,12 +138,15 @@ def sequence_class():
         ``indices``/``transforms`` list the epoch's items (an index may repeat, e.g. the
         augmented minority copies of :func:`bmcd.data.balance_augment`, each with a fixed
         transform). With ``shuffle`` the order is redrawn every epoch from ``seed``; with
-        ``augment`` every item also gets a random flip / 90-degree rotation, drawn from a
-        generator seeded by (seed, epoch, batch), so runs are reproducible.
+        ``augment`` every item also gets a random flip / 90-degree rotation (and, when set,
+        a per-channel gain from ``color_jitter`` and pixel noise of up to +-``noise`` gray
+        levels), drawn from a generator seeded by (seed, epoch, batch), so runs are
+        reproducible.
         """
 
         def __init__(self, images, labels, batch_size, *, indices=None, transforms=None,
-                     shuffle=False, augment=False, seed=0, **kwargs):
+                     shuffle=False, augment=False, seed=0, color_jitter=0.0, noise=0.0,
+                     **kwargs):
             super().__init__(**kwargs)
             self.images = images
             self.labels = np.asarray(labels, dtype=np.float32).reshape(-1)
@@ -154,6 +157,8 @@ def sequence_class():
             self.batch_size = int(batch_size)
             self.shuffle = bool(shuffle)
             self.augment = bool(augment)
+            self.color_jitter = float(color_jitter) if augment else 0.0
+            self.noise = float(noise) if augment else 0.0
             self.seed = int(seed)
             self.epoch = 0
             self._order = self._draw_order()
@@ -183,6 +188,13 @@ def sequence_class():
                 if ks is not None:
                     img = _dihedral(img, int(ks[j]))
                 x[j] = img
+            if self.color_jitter > 0:
+                cj = self.color_jitter
+                x *= rng.uniform(1.0 - cj, 1.0 + cj, size=(len(idx), 1, 1, 3)).astype(np.float32)
+            if self.noise > 0:
+                x += rng.uniform(-self.noise, self.noise, size=x.shape).astype(np.float32)
+            if self.color_jitter > 0 or self.noise > 0:
+                np.clip(x, 0.0, 255.0, out=x)
             return x, self.labels[idx]
 
         def on_epoch_end(self):
