@@ -60,12 +60,42 @@ def weights_arg(text: str) -> str | None:
     return None if text.lower() == "none" else text
 
 
+def _crop_size_arg(text: str) -> str | int | None:
+    if text.lower() in ("default", "none"):
+        return text.lower()
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 8:
+        raise argparse.ArgumentTypeError(
+            f"expected a window side in source pixels (>= 8), 'none' or 'default'; "
+            f"received {text!r}")
+    return value
+
+
+def preprocess_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~bmcd.PreprocessConfig` of ``--image-size``/``--crop-size`` (None: the
+    Classifier's default for its weights)."""
+    from ..preprocessing import PreprocessConfig
+
+    crop = getattr(args, "crop_size", "default")
+    if crop == "default":
+        return None
+    return PreprocessConfig(image_size=args.image_size, crop_size=None if crop == "none" else crop)
+
+
 def add_training_settings(p: argparse.ArgumentParser) -> None:
-    """``--image-size``, ``--weights`` and the :class:`~bmcd.training.TrainConfig` flags."""
+    """``--image-size``, ``--crop-size``, ``--weights`` and the
+    :class:`~bmcd.training.TrainConfig` flags."""
     from ..training.config import TrainConfig
 
     p.add_argument("--image-size", type=int, default=224, metavar="S",
                    help="network input side in pixels (default: 224)")
+    p.add_argument("--crop-size", type=_crop_size_arg, default="default", metavar="N",
+                   help="side of the window around the cell, in source pixels, that keeps "
+                        "cells at their own scale; 'none' crops tightly to each cell "
+                        "(default: 320 with --weights none, else none)")
     p.add_argument("--weights", type=weights_arg, default="imagenet", metavar="W",
                    help="imagenet (default; downloaded once), none (from scratch) or a "
                         "local weights file")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import EXIT_OK, add_command, add_training_settings
+from ._common import EXIT_OK, add_command, add_training_settings, preprocess_from_args
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +51,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         ds, folds=args.folds, arch=args.arch, image_size=args.image_size,
         weights=args.weights, seed=args.seed, fold_seed=args.fold_seed, val=args.val,
         tta=args.tta, out=args.out, config=config, verbose=verbose,
+        preprocess=preprocess_from_args(args),
     )
     print(cv_markdown(result))
     print(f"{args.out}/{CV_JSON}, {args.out}/{CV_MARKDOWN} ({result['seconds']:.0f} s)")

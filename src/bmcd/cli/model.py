@@ -14,6 +14,7 @@ from ._common import (
     fraction,
     load_options,
     positive_int,
+    preprocess_from_args,
 )
 
 
@@ -131,7 +132,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             for name, part in split.parts().items()) + f" [{split.method}]", flush=True)
     try:
         clf = Classifier(arch=args.arch, image_size=args.image_size, weights=args.weights,
-                         seed=args.seed)
+                         seed=args.seed, preprocess=preprocess_from_args(args))
         config = TrainConfig.from_namespace(args, verbose=verbose)
         rule = None if args.threshold_rule == "none" else args.threshold_rule
         result = train_and_evaluate(clf, split, args.out, config=config, threshold_rule=rule)

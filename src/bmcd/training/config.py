@@ -45,6 +45,14 @@ class TrainConfig:
     batch_size : int
     learning_rate, fine_tune_learning_rate : float
         Adam learning rates of the two phases.
+    lr_schedule : {"constant", "cosine"}
+        ``"cosine"``: each phase warms up linearly from a tenth of its learning rate over
+        ``warmup_epochs`` and then decays along a cosine to a hundredth of it by the phase's
+        last epoch.
+    warmup_epochs : int
+        Warm-up epochs of the cosine schedule.
+    label_smoothing : float
+        Binary cross-entropy towards ``y * (1 - s) + s / 2`` instead of 0/1 targets.
     balance : {"augment", "class_weight", None}
         ``"augment"``: subsample the majority class and add flipped / rotated minority
         copies (:func:`bmcd.data.balance_augment`); ``"class_weight"``: inverse-frequency
@@ -88,6 +96,9 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-5
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
     balance: str | None = "augment"
     augment: bool = True
     color_jitter: float = 0.0
@@ -119,6 +130,13 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise bad(name, "a number > 0")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise bad("lr_schedule", "'constant' or 'cosine'")
+        if not _is_int(self.warmup_epochs) or self.warmup_epochs < 0:
+            raise bad("warmup_epochs", "an int >= 0")
+        ls = self.label_smoothing
+        if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0 <= ls < 0.5:
+            raise bad("label_smoothing", "a number in [0, 0.5)")
         if self.balance not in BALANCE_METHODS:
             raise ConfigError(
                 f"balance must be 'augment', 'class_weight' or None; received "
@@ -238,6 +256,13 @@ _CLI: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (("--fine-tune-lr",), dict(dest="fine_tune_learning_rate", type=float, default=1e-5,
                                metavar="FINE_TUNE_LR",
                                help="fine-tuning learning rate (default: 1e-5)")),
+    (("--lr-schedule",), dict(dest="lr_schedule", choices=["constant", "cosine"],
+                              default="constant",
+                              help="constant (default) or cosine (warm-up, then cosine decay)")),
+    (("--warmup-epochs",), dict(dest="warmup_epochs", type=int, default=0, metavar="N",
+                                help="warm-up epochs of --lr-schedule cosine (default: 0)")),
+    (("--label-smoothing",), dict(dest="label_smoothing", type=float, default=0.0,
+                                  metavar="S", help="label smoothing (default: 0)")),
     (("--balance",), dict(dest="balance", type=_balance_arg, default="augment", metavar="B",
                           help="augment (default), class_weight or none")),
     (("--no-augment",), dict(dest="augment", action="store_false",

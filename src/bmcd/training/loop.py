@@ -68,10 +68,23 @@ def _fine_tune_index(backbone, fine_tune_from: str | int) -> int:
     )
 
 
-def _compile(keras, model, learning_rate: float, jit_compile):
+def _learning_rate(keras, lr: float, schedule: str, steps: int, warmup_steps: int):
+    """A constant rate, or a linear warm-up from lr/10 followed by a cosine decay to
+    lr/100 over the phase's ``steps``."""
+    if schedule == "constant":
+        return float(lr)
+    warmup_steps = min(int(warmup_steps), max(0, steps - 1))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=float(lr) / 10 if warmup_steps else float(lr),
+        decay_steps=max(1, steps - warmup_steps), alpha=0.01,
+        warmup_target=float(lr) if warmup_steps else None, warmup_steps=warmup_steps,
+    )
+
+
+def _compile(keras, model, learning_rate, jit_compile, label_smoothing: float = 0.0):
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=float(learning_rate)),
-        loss="binary_crossentropy",
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=float(label_smoothing)),
         metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
         jit_compile=jit_compile,
     )
@@ -222,7 +235,11 @@ def train_model(
                 "all layers" if unfreeze_from == 0
                 else f"backbone from '{backbone.layers[unfreeze_from].name}' + head"
             )
-        _compile(keras, model, lr, jit_compile)
+        steps = n_epochs * len(train_seq)
+        _compile(keras, model,
+                 _learning_rate(keras, lr, cfg.lr_schedule, steps,
+                                cfg.warmup_epochs * len(train_seq)),
+                 jit_compile, cfg.label_smoothing)
         callbacks = []
         early = None
         if has_val and early_stopping_patience is not None:
@@ -274,6 +291,9 @@ def train_model(
         "history": {"phases": [{"name": p["name"], "history": p["history"]} for p in phases]},
         "balance": balance_info,
         "augment": bool(augment),
+        "lr_schedule": cfg.lr_schedule,
+        "warmup_epochs": int(cfg.warmup_epochs),
+        "label_smoothing": float(cfg.label_smoothing),
         "color_jitter": float(cfg.color_jitter) if augment else 0.0,
         "noise": float(cfg.noise) if augment else 0.0,
         "batch_size": int(batch_size),

@@ -1,4 +1,4 @@
-"""Colour jitter and pixel noise in the training sequence (TrainConfig.color_jitter/noise)."""
+"""Training recipe settings: colour jitter, pixel noise, the learning-rate schedule and label smoothing."""
 
 from __future__ import annotations
 
@@ -51,3 +51,41 @@ def test_noise_is_bounded_reproducible_and_clipped():
 def test_settings_are_validated(kw):
     with pytest.raises(ConfigError):
         TrainConfig(**kw)
+
+
+@pytest.mark.parametrize("kw", [{"lr_schedule": "step"}, {"warmup_epochs": -1},
+                                {"warmup_epochs": 1.5}, {"label_smoothing": 0.5},
+                                {"label_smoothing": -0.1}])
+def test_schedule_settings_are_validated(kw):
+    with pytest.raises(ConfigError):
+        TrainConfig(**kw)
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    import keras
+
+    from bmcd.training.loop import _learning_rate
+
+    assert _learning_rate(keras, 1e-3, "constant", 100, 10) == 1e-3
+    sched = _learning_rate(keras, 1e-3, "cosine", 100, 10)
+    lr = [float(sched(i)) for i in (0, 5, 10, 55, 99)]
+    assert lr[0] == pytest.approx(1e-4, rel=1e-3)  # starts at a tenth
+    assert lr[0] < lr[1] < lr[2] == pytest.approx(1e-3, rel=1e-3)  # linear warm-up
+    assert lr[2] > lr[3] > lr[4] and lr[4] < 2e-5  # cosine down to about a hundredth
+    no_warmup = _learning_rate(keras, 1e-3, "cosine", 100, 0)
+    assert float(no_warmup(0)) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_label_smoothing_reaches_the_loss():
+    import keras
+
+    from bmcd.training.loop import _compile
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    _compile(keras, model, 1e-3, False, 0.1)
+    assert model.loss.label_smoothing == pytest.approx(0.1)
+    y = np.array([[1.0], [0.0]], np.float32)
+    p = np.array([[0.999], [0.001]], np.float32)
+    # smoothed targets make a confident, correct prediction cost more than without
+    plain = keras.losses.BinaryCrossentropy()(y, p)
+    assert float(model.loss(y, p)) > float(plain) + 0.1
