@@ -20,6 +20,7 @@ from typing import Any
 from .artifact import ModelMeta
 from .errors import ConfigTypeError
 from .labels import label_indices
+from .preprocessing import PreprocessConfig
 from .training import TrainConfig, train_and_evaluate
 
 __all__ = ["DEMO_SETTINGS", "REAL_DATA_COMMAND", "run_demo", "train_and_evaluate"]
@@ -129,8 +130,14 @@ def run_demo(
     )
     say(f"[2/7] split by subject (no subject on two sides): {parts}")
 
-    say(f"[3/7] training {arch} from scratch (weights=None) at {settings['image_size']} px")
-    clf = Classifier(arch=arch, image_size=settings["image_size"], weights=None, seed=seed)
+    say(f"[3/7] training {arch} from scratch (weights=None) at {settings['image_size']} px "
+        f"(tight crop: synthetic cells' size carries no class)")
+    # From scratch bmcd keeps each cell at its own scale by default (crop_size=320), because
+    # on real C-NMC cells size tells "all" from "hem". Synthetic cells draw their size per
+    # subject, not per class, so there the window would only teach the model to tell
+    # subjects apart: the demo crops tightly (docs/models.rst).
+    clf = Classifier(arch=arch, image_size=settings["image_size"], weights=None, seed=seed,
+                     preprocess=PreprocessConfig(image_size=settings["image_size"]))
     config = TrainConfig(epochs=settings["epochs"], fine_tune_epochs=0,
                          batch_size=settings["batch_size"],
                          verbose=verbose if verbose != 1 else 2)

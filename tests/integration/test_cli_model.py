@@ -22,13 +22,18 @@ def cli_model(synthetic_small, tmp_path_factory):
     code = main([
         "train", str(synthetic_small), "--arch", "mobilenet_v2", "--out", str(out),
         "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "0",
-        "--weights", "none", "--batch-size", "16", "--seed", "1", "--quiet",
+        "--weights", "none", "--crop-size", "none", "--batch-size", "16", "--seed", "1",
+        "--quiet",
         "--cache-dir", str(base / "cache"), "--checkpoint-dir", str(base / "ckpt"),
     ])
     assert code == EXIT_OK
     # preprocessed once into a reusable uint8 memory map; the best epoch checkpointed
     assert len(list((base / "cache").glob("train-*.npy"))) == 1
     assert (base / "ckpt" / "full.best.keras").is_file()
+    # --crop-size none reaches the model's preprocessing config
+    from bmcd.artifact import ModelMeta
+
+    assert ModelMeta.read(out).preprocess.crop_size is None
     return out
 
 
