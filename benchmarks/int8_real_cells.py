@@ -31,7 +31,7 @@ def _manifest(path: Path, part) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label"])
-        for p, y in zip(part.absolute_paths(), part.labels):
+        for p, y in zip(part.absolute_paths(), part.labels, strict=True):
             w.writerow([p, "all" if int(y) == 1 else "hem"])
 
 

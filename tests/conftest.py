@@ -87,9 +87,7 @@ def learnable_split(tmp_path_factory):
 def fitted_mobilenet(learnable_split):
     """MobileNetV2 trained from scratch (weights=None) at 64 px on ``learnable_split``."""
     pytest.importorskip("tensorflow")
-    from bmcd import Classifier
-
-    from bmcd import PreprocessConfig
+    from bmcd import Classifier, PreprocessConfig
 
     # synthetic cells draw their size per subject, not per class: tight crop (the default
     # window from scratch would teach the subjects' sizes; docs/models.rst)
