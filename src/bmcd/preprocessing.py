@@ -246,6 +246,12 @@ def _crop_box(
     return x0, y0, x1 - x0, y1 - y0
 
 
+def _interpolation_flag(interpolation: str, enlarging: bool) -> int:
+    """OpenCV's flag for ``interpolation``; area falls back to linear when enlarging."""
+    flag = _INTERPOLATIONS[interpolation]
+    return cv2.INTER_LINEAR if flag == cv2.INTER_AREA and enlarging else flag
+
+
 def cell_window(
     shape: tuple[int, ...], bbox: tuple[int, int, int, int], crop_size: int, margin: int = 0
 ) -> tuple[int, int, int]:
@@ -280,9 +286,7 @@ def _window_to_square(
     dx0, dy0 = round((ix0 - x0) * scale), round((iy0 - y0) * scale)
     dx1 = max(dx0 + 1, min(size, round((ix1 - x0) * scale)))
     dy1 = max(dy0 + 1, min(size, round((iy1 - y0) * scale)))
-    flag = _INTERPOLATIONS[interpolation]
-    if flag == cv2.INTER_AREA and side < size:
-        flag = cv2.INTER_LINEAR
+    flag = _interpolation_flag(interpolation, enlarging=side < size)
     part = image[iy0:iy1, ix0:ix1]
     if (dy1 - dy0, dx1 - dx0) == part.shape[:2]:
         out[dy0:dy1, dx0:dx1] = part
@@ -336,9 +340,7 @@ def resize(image: np.ndarray, size: int, interpolation: str = "area") -> np.ndar
     h, w = image.shape[:2]
     if (h, w) == (size, size):
         return image
-    flag = _INTERPOLATIONS[interpolation]
-    if flag == cv2.INTER_AREA and (h < size or w < size):
-        flag = cv2.INTER_LINEAR
+    flag = _interpolation_flag(interpolation, enlarging=h < size or w < size)
     return cv2.resize(image, (size, size), interpolation=flag)
 
 
@@ -364,9 +366,7 @@ def resize_to_square(
     canvas = out if out is not None else np.empty((size, size) + image.shape[2:], np.uint8)
     canvas[...] = 0
     top, left = (size - nh) // 2, (size - nw) // 2
-    flag = _INTERPOLATIONS[interpolation]
-    if flag == cv2.INTER_AREA and side < size:
-        flag = cv2.INTER_LINEAR
+    flag = _interpolation_flag(interpolation, enlarging=side < size)
     if (nh, nw) == (h, w):
         canvas[top : top + nh, left : left + nw] = image
     else:
