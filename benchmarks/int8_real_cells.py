@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": {"test_subjects": split.test.subject_list(), "test_cells": len(split.test),
                   "train_cells": len(split.train)},
         "test_metrics": None if report is None else {
-            **{k: report.get("metrics", {}).get(k) for k in ("roc_auc", "f1_weighted")},
-            "threshold": report.get("threshold")},
+            k: report.get("metrics", {}).get(k) for k in ("roc_auc", "f1_weighted", "threshold")},
         "export_command": "bmcd export MODEL --int8 --samples test.csv --calibration train.csv",
         "export_exit_status": proc.returncode,
         "export_stderr_tail": proc.stderr.strip().splitlines()[-3:],

@@ -196,7 +196,8 @@ def cross_validate(
     dict
         ``settings``, ``folds`` (per fold: rows ``plain`` and, with ``tta``, ``tta``; train
         and test subjects; ``noise``, the label stability under +-1 gray level of input
-        noise; seconds), ``pooled`` ({plain, tta}), ``noise`` (pooled), ``seconds``.
+        noise; ``cells``, each test cell's name, label, subject and p(all) per kind, the
+        noisy input's included; seconds), ``pooled`` ({plain, tta}), ``noise`` (pooled), ``seconds``.
     """
     from ._classifier_inputs import _as_dataset
     from .classifier import Classifier
@@ -240,6 +241,12 @@ def cross_validate(
             row[kind] = prediction_row(test.labels, p[kind], thr, test.subjects)
             pooled[kind].append((np.asarray(test.labels), p[kind], thr, test.subjects))
         row["noise"] = _noise_record(p["plain"], p["noise"], thr)
+        row["cells"] = {
+            "names": [Path(x).name for x in test.absolute_paths()],
+            "labels": [int(v) for v in np.asarray(test.labels).reshape(-1)],
+            "subjects": [str(v) for v in test.subjects],
+            **{f"p_all_{kind}": np.round(p[kind], 6).tolist() for kind in [*kinds, "noise"]},
+        }
         noise_parts.append((_recentre(p["plain"], thr), _recentre(p["noise"], thr), 0.5))
         row["seconds_fit"] = round(t_fit, 2)
         row["seconds"] = round(time.perf_counter() - t0, 2)

@@ -31,6 +31,14 @@ def test_cli_cv_tiny(tmp_path, capsys):
     for f in res["folds"]:
         assert not set(f["test_subjects"]) & set(f["train_subjects"])
         assert not set(f["validation_subjects"]) & set(f["test_subjects"])
+        # every held-out cell's p(all) is kept, so other pooling rules can be studied later
+        cells = f["cells"]
+        assert len(cells["names"]) == len(cells["p_all_plain"]) == len(cells["p_all_tta"]) \
+            == len(cells["p_all_noise"]) == f["plain"]["n"]
+        assert set(cells["subjects"]) == set(f["test_subjects"])
+        assert all(0 <= v <= 1 for v in cells["p_all_plain"])
+    n_cells = sum(len(f["cells"]["names"]) for f in res["folds"])
+    assert n_cells == 48
     pooled = res["pooled"]["plain"]
     assert pooled["n"] == 48 and pooled["intervals"]["unit"] == "subject"
     assert set(res["pooled"]) == {"plain", "tta"}

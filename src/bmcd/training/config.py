@@ -69,6 +69,11 @@ class TrainConfig:
     early_stopping_patience : int or None
         Stop a phase after this many epochs without a lower validation loss and restore
         its best weights (only with validation data); None disables it.
+    average_epochs : int
+        Weight averaging (SWA): the last phase ends with the uniform average of the
+        trainable weights at the end of its last ``average_epochs`` epochs, and BatchNorm
+        statistics re-estimated on the training images for the averaged weights. The phase
+        then runs all its epochs (no early stopping). 0 disables it.
     checkpoint_dir : path, optional
         Keep the best model of each phase there (``<phase>.best.keras``).
     verbose : int
@@ -104,6 +109,7 @@ class TrainConfig:
     color_jitter: float = 0.0
     noise: float = 0.0
     early_stopping_patience: int | None = 5
+    average_epochs: int = 0
     checkpoint_dir: str | os.PathLike | None = None
     verbose: int = 1
     cache_dir: str | os.PathLike | None = None
@@ -153,6 +159,8 @@ class TrainConfig:
         p = self.early_stopping_patience
         if p is not None and (not _is_int(p) or p < 0):
             raise bad("early_stopping_patience", "an int >= 0 or None")
+        if not _is_int(self.average_epochs) or self.average_epochs < 0:
+            raise bad("average_epochs", "an int >= 0 (0: no weight averaging)")
         if not (self.fine_tune_from is None or isinstance(self.fine_tune_from, str)
                 or _is_int(self.fine_tune_from)):
             raise bad("fine_tune_from", "a layer name, a layer index or None")
@@ -274,6 +282,10 @@ _CLI: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
                              "(default: 0)")),
     (("--patience",), dict(dest="early_stopping_patience", type=int, default=5, metavar="N",
                            help="early-stopping patience in epochs (default: 5)")),
+    (("--average-epochs",), dict(
+        dest="average_epochs", type=int, default=0, metavar="N",
+        help="average the weights of the last N epochs (SWA; BatchNorm statistics "
+             "re-estimated; no early stopping in that phase; default: 0, off)")),
     (("--cache-dir",), dict(dest="cache_dir", default=None, metavar="DIR",
                             help="keep preprocessed images in a memory map here (large sets)")),
     (("--checkpoint-dir",), dict(dest="checkpoint_dir", default=None, metavar="DIR",

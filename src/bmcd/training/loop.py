@@ -23,7 +23,7 @@ from .config import TrainConfig
 from .models import SCRATCH_BN_MOMENTUM, check_arch
 from .sequence import sequence_class
 
-__all__ = ["environment", "set_seed", "train_model"]
+__all__ = ["environment", "reestimate_batchnorm", "set_seed", "train_model"]
 
 
 def set_seed(seed: int) -> dict[str, int]:
@@ -79,6 +79,77 @@ def _learning_rate(keras, lr: float, schedule: str, steps: int, warmup_steps: in
         decay_steps=max(1, steps - warmup_steps), alpha=0.01,
         warmup_target=float(lr) if warmup_steps else None, warmup_steps=warmup_steps,
     )
+
+
+def _batchnorm_layers(layer) -> list:
+    """Every BatchNormalization layer under ``layer`` (nested models included)."""
+    from keras.layers import BatchNormalization
+
+    out, stack = [], [layer]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, BatchNormalization):
+            out.append(node)
+        stack.extend(getattr(node, "layers", []))
+    return out
+
+
+def reestimate_batchnorm(model, batches) -> int:
+    """Set the moving mean and variance of every trainable BatchNormalization layer to the
+    average of its batch statistics over ``batches`` (a sequence of ``(x, y)``), computed
+    with the model's current weights. Returns the number of layers updated.
+
+    Averaged weights (:attr:`TrainConfig.average_epochs`) never ran as such during
+    training, so the statistics collected along the way do not belong to them (SWA's
+    "bn_update"). The k-th batch enters with momentum k/(k+1): a running mean.
+    """
+    bns = [layer for layer in _batchnorm_layers(model) if layer.trainable]
+    if not bns or len(batches) == 0:
+        return 0
+    saved = [layer.momentum for layer in bns]
+    try:
+        for k in range(len(batches)):
+            x = batches[k][0]
+            for layer in bns:
+                layer.momentum = k / (k + 1)
+            model(x, training=True)
+    finally:
+        for layer, m in zip(bns, saved):
+            layer.momentum = m
+    return len(bns)
+
+
+def _weight_average(keras, first_epoch: int, batches):
+    """A callback that averages the trainable weights at the end of every epoch from
+    ``first_epoch`` on and, when training ends, sets them and re-estimates BatchNorm."""
+
+    class WeightAverage(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+            self.sums: list[np.ndarray] | None = None
+            self.bn_layers = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch < first_epoch:
+                return
+            values = [np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64)
+                      for v in self.model.trainable_weights]
+            if self.sums is None:
+                self.sums = values
+            else:
+                for total, v in zip(self.sums, values):
+                    total += v
+            self.count += 1
+
+        def on_train_end(self, logs=None):
+            if not self.count:
+                return
+            for var, total in zip(self.model.trainable_weights, self.sums):
+                var.assign((total / self.count).astype(var.dtype))
+            self.bn_layers = reestimate_batchnorm(self.model, batches)
+
+    return WeightAverage()
 
 
 def _compile(keras, model, learning_rate, jit_compile, label_smoothing: float = 0.0):
@@ -141,7 +212,10 @@ def train_model(
     epochs at ``learning_rate``. The record says so in ``"mode"`` and ``"note"``.
 
     Each phase stops early on ``val_loss`` (``early_stopping_patience``, when validation
-    data are given) and restores its best weights.
+    data are given) and restores its best weights, except a phase that averages weights
+    (``average_epochs``, the last phase only): it runs all its epochs and ends with the
+    average of the weights of its last ``average_epochs`` epochs, with BatchNorm statistics
+    re-estimated for them (:func:`reestimate_batchnorm`).
 
     Returns
     -------
@@ -223,7 +297,8 @@ def train_model(
         print(f"bmcd: training {arch} ({mode}): {note}.", flush=True)
 
     phases: list[dict[str, Any]] = []
-    for name, n_epochs, lr, unfreeze_from in plan:
+    for i_phase, (name, n_epochs, lr, unfreeze_from) in enumerate(plan):
+        averaging = cfg.average_epochs > 0 and i_phase == len(plan) - 1
         if unfreeze_from is None:
             backbone.trainable = False
             trainable_desc = "head only (backbone frozen)"
@@ -242,7 +317,12 @@ def train_model(
                  jit_compile, cfg.label_smoothing)
         callbacks = []
         early = None
-        if has_val and early_stopping_patience is not None:
+        average = None
+        if averaging:
+            average = _weight_average(keras, max(0, n_epochs - int(cfg.average_epochs)),
+                                      train_seq)
+            callbacks.append(average)
+        elif has_val and early_stopping_patience is not None:
             early = keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=int(early_stopping_patience),
                 restore_best_weights=True, verbose=1 if verbose else 0,
@@ -280,6 +360,8 @@ def train_model(
             "seconds": round(seconds, 2),
             "images_per_second": round(run * len(train_seq.indices) / seconds, 2) if seconds else None,
             "checkpoint": str(ckpt_path) if ckpt_path is not None else None,
+            "averaged_epochs": int(average.count) if average is not None else 0,
+            "batchnorm_reestimated": int(average.bn_layers) if average is not None else 0,
             "history": history,
         })
     backbone.trainable = True  # leave a plain, fully trainable model behind
@@ -296,6 +378,7 @@ def train_model(
         "label_smoothing": float(cfg.label_smoothing),
         "color_jitter": float(cfg.color_jitter) if augment else 0.0,
         "noise": float(cfg.noise) if augment else 0.0,
+        "average_epochs": int(cfg.average_epochs),
         "batch_size": int(batch_size),
         "early_stopping_patience": early_stopping_patience if has_val else None,
         "seed": int(seed),
