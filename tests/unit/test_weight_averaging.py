@@ -65,7 +65,7 @@ def test_batchnorm_statistics_become_the_mean_of_the_batch_statistics():
     np.testing.assert_allclose(np.asarray(bn.moving_variance), np.mean(variances, axis=0),
                                rtol=1e-3)
     assert bn.momentum == 0.9  # restored
-    for before, after in zip(frozen, model.get_layer("frozen_bn").get_weights()):
+    for before, after in zip(frozen, model.get_layer("frozen_bn").get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)  # frozen layers keep their statistics
 
 

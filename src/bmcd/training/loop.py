@@ -114,7 +114,7 @@ def reestimate_batchnorm(model, batches) -> int:
                 layer.momentum = k / (k + 1)
             model(x, training=True)
     finally:
-        for layer, m in zip(bns, saved):
+        for layer, m in zip(bns, saved, strict=True):
             layer.momentum = m
     return len(bns)
 
@@ -138,14 +138,14 @@ def _weight_average(keras, first_epoch: int, batches):
             if self.sums is None:
                 self.sums = values
             else:
-                for total, v in zip(self.sums, values):
+                for total, v in zip(self.sums, values, strict=True):
                     total += v
             self.count += 1
 
         def on_train_end(self, logs=None):
             if not self.count:
                 return
-            for var, total in zip(self.model.trainable_weights, self.sums):
+            for var, total in zip(self.model.trainable_weights, self.sums, strict=True):
                 var.assign((total / self.count).astype(var.dtype))
             self.bn_layers = reestimate_batchnorm(self.model, batches)
 
