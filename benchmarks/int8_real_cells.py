@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="int8-gate", help="output file OUT/NAME.json")
+    ap.add_argument("--train-flags", default="", metavar="FLAGS",
+                    help="more bmcd train flags, e.g. '--average-epochs 5'")
     args = ap.parse_args(argv)
     data = Path(args.data)
     if not data.is_dir():
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     train_cmd = ["bmcd", "train", str(data), "--arch", "mobilenet_v2", "--weights", "none",
                  "--image-size", str(args.image_size), "--epochs", str(args.epochs),
                  "--fine-tune-epochs", "0", "--split", "subject", "--seed", str(args.seed),
-                 "--out", str(model), "--quiet"]
+                 "--out", str(model), "--quiet", *args.train_flags.split()]
     t0 = time.perf_counter()
     subprocess.run(train_cmd, check=True)
     train_s = time.perf_counter() - t0
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "int8-gate.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     print(json.dumps({k: record[k] for k in ("export_exit_status", "int8_file_written",
                                             "test_metrics")}, default=str))
     g = record["int8_gate"] or {}
