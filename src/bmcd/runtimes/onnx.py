@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,28 @@ class OnnxRuntimeBackend(Backend):
         self.inter_op_threads = int(inter_op_threads)
         self.allow_spinning = bool(allow_spinning)
         self._session = self._make_session()
+        self._warn_if_int8_may_saturate()
+
+    def _warn_if_int8_may_saturate(self) -> None:
+        """Warn when an int8 file with 8-bit weights is loaded on an x86-64 CPU without
+        VNNI, where onnxruntime's U8S8 kernels saturate (docs/models.rst)."""
+        if self.precision != "int8" or not isinstance(self.meta, dict):
+            return
+        rec = (self.meta.get("exports") or {}).get("onnx_int8")
+        if not isinstance(rec, dict) or rec.get("reduce_range") is not False:
+            return
+        from .. import _cpu
+
+        if _cpu.default_reduce_range():
+            warnings.warn(
+                f"'{self.model_path}' was quantized with 8-bit weights, and this CPU has no "
+                f"VNNI: onnxruntime's int8 kernels can saturate here and change p(all) "
+                f"(measured up to 0.70 on a test model). Re-export it on this machine "
+                f"(`bmcd export MODEL_DIR --int8` picks 7-bit weights here) or score with "
+                f"the fp32 model.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     # -- construction -------------------------------------------------------------------
     def _make_session(self):
