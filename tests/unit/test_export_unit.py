@@ -37,6 +37,7 @@ from bmcd.exporters import _common as common  # noqa: E402
 from bmcd.exporters import _samples as smp  # noqa: E402
 from bmcd.exporters import onnx as ex  # noqa: E402
 from bmcd.exporters import quantize as qz  # noqa: E402
+from bmcd.exporters.quantize import default_reduce_range  # noqa: E402
 from bmcd.preprocessing import PreprocessConfig  # noqa: E402
 
 S = 32
@@ -454,12 +455,22 @@ def test_quantize_int8_writes_a_gated_self_describing_file(conv_dir, cells):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     props = {p.key: p.value for p in q.metadata_props}
     assert parse_onnx_metadata(props)["arch"] == "tiny-conv" and props["precision"] == "int8"
-    # the head stays float (Sigmoid is last, not followed by Q/DQ); the first try (every
-    # convolution int8) passed, so there was no second one
+    # the head stays float (Sigmoid is last, not followed by Q/DQ)
     assert q.graph.node[-1].op_type == "Sigmoid"
-    assert stored["float_nodes"] == {"head": True, "first_conv": False}
-    assert [a["first_conv_float"] for a in stored["attempts"]] == [False]
-    assert _float_weight_convs(q) == 0
+    assert stored["reduce_range"] is default_reduce_range()
+    tries = [a["first_conv_float"] for a in stored["attempts"]]
+    if not default_reduce_range():
+        # 8-bit weights (VNNI CPU): the first try (every convolution int8) passed, so there
+        # was no second one
+        assert tries == [False]
+    # 7-bit weights (x86-64 without VNNI) are coarser: on an AMD EPYC (AVX2) the first try
+    # failed and the second (first convolution in float) passed; either way the kept
+    # model is the first that passed and says which it is
+    assert tries in ([False], [False, True])
+    assert [a["passed"] for a in stored["attempts"]] == [False] * (len(tries) - 1) + [True]
+    first_float = tries[-1]
+    assert stored["float_nodes"] == {"head": True, "first_conv": first_float}
+    assert _float_weight_convs(q) == int(first_float)
 
     be = OnnxRuntimeBackend.load(out)  # bare file: config from metadata alone
     x = np.random.default_rng(0).uniform(0, 255, (5, S, S, 3)).astype(np.float32)
