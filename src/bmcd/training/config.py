@@ -73,7 +73,9 @@ class TrainConfig:
         Weight averaging (SWA): the last phase ends with the uniform average of the
         trainable weights at the end of its last ``average_epochs`` epochs, and BatchNorm
         statistics re-estimated on the training images for the averaged weights. The phase
-        then runs all its epochs (no early stopping). 0 disables it.
+        then runs all its epochs (no early stopping); its validation curves and a
+        ``checkpoint_dir`` model are those of the weights along the way, not of the
+        average. 0 disables it.
     checkpoint_dir : path, optional
         Keep the best model of each phase there (``<phase>.best.keras``).
     verbose : int
