@@ -1,4 +1,5 @@
-"""What the CPU can do, where it decides a default (int8 weight range)."""
+"""What the CPU can do: its feature flags (also for :mod:`bmcd.bench`) and the int8
+weight range they call for."""
 
 from __future__ import annotations
 
@@ -14,19 +15,22 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 _X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them in ``/proc/cpuinfo`` (empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU feature flags from ``/proc/cpuinfo`` (``flags`` on x86, ``Features`` on ARM;
+    empty when unavailable)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
 
 
-def default_reduce_range(flags: frozenset[str] | None = None,
+def default_reduce_range(flags: set[str] | frozenset[str] | None = None,
                          machine: str | None = None) -> bool:
     """Whether int8 weights should use 7 bits on this CPU.
 

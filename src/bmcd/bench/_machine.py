@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._cpu import cpu_flags
 from .._version import __version__
 from ..preprocessing import default_workers
 
@@ -40,20 +41,6 @@ ISA_FLAGS = (
     "amx_int8",
     "amx_bf16",
 )
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU feature flags from ``/proc/cpuinfo`` (empty when unavailable)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
 
 
 def _cpu_model(cpuinfo: str | None) -> str:

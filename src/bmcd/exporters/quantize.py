@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .._cpu import cpu_flags, default_reduce_range
+from .._cpu import default_reduce_range
 from .._deps import optional_import
 from ..artifact import (
     INPUT_NAME,
@@ -46,7 +46,6 @@ __all__ = [
     "MIN_CALIBRATION",
     "DEFAULT_INT8_VALIDATION",
     "QuantizeConfig",
-    "cpu_flags",
     "default_reduce_range",
     "quantize_int8",
 ]
