@@ -129,7 +129,7 @@ def test_every_module_is_found():
 def test_no_import_circle_between_modules():
     # The package root only re-exports (lazily). Lazy imports inside functions are the
     # documented way down-layer code reaches an optional upper layer (docs/architecture.rst:
-    # metrics -> report for rendering, preprocessing.preprocess_folder -> data's walker), so
+    # metrics -> report for rendering), so
     # the import-time graph must be a DAG, and the lazy edges are listed below.
     graph = {k: {m for m in v if m != "bmcd"} for k, v in IMPORT_TIME.items() if k != "bmcd"}
     assert _cycles(graph) == []
@@ -138,7 +138,7 @@ def test_no_import_circle_between_modules():
 def test_lazy_upward_imports_are_only_the_documented_ones():
     graph = {k: {m for m in v if m != "bmcd"} for k, v in GRAPH.items() if k != "bmcd"}
     members = {m for cycle in _cycles(graph) for m in cycle}
-    allowed = {"bmcd.preprocessing", "bmcd.artifact", "bmcd.metrics",
+    allowed = {"bmcd.artifact", "bmcd.metrics",
                "bmcd.metrics._evaluation", "bmcd.report"}
     allowed |= {m for m in MODULES if m.startswith("bmcd.data")}
     assert members <= allowed, sorted(members - allowed)

@@ -1,4 +1,4 @@
-"""bmcd.preprocessing.preprocess_folder: the library side of ``bmcd preprocess``."""
+"""bmcd.data.preprocess_folder: the library side of ``bmcd preprocess``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
+from bmcd.data import FolderResult, preprocess_folder
 from bmcd.errors import BmcdError, ConfigError, DatasetError
-from bmcd.preprocessing import FolderResult, PreprocessConfig, preprocess_folder
+from bmcd.preprocessing import PreprocessConfig
 
 
 def _write_cell(path, value=150):

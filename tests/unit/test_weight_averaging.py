@@ -100,6 +100,7 @@ def test_training_with_averaging_runs_every_epoch_and_records_it():
                       early_stopping_patience=0, verbose=0)
     phase = rec["phases"][-1]
     assert phase["epochs_run"] == 3 and not phase["stopped_early"]
+    assert phase["early_stopping_patience"] is None  # averaging switched it off here
     assert phase["averaged_epochs"] == 2 and phase["batchnorm_reestimated"] > 10
     assert rec["average_epochs"] == 2
     p = model.predict(x, verbose=0)

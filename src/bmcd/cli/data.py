@@ -92,7 +92,8 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from ..preprocessing import PreprocessConfig, preprocess_folder
+    from ..data import preprocess_folder
+    from ..preprocessing import PreprocessConfig
 
     try:
         config = PreprocessConfig(image_size=args.image_size, threshold=args.threshold)

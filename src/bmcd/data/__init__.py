@@ -26,6 +26,7 @@ from ._discovery import load_dataset, resolve_image_paths
 from ._files import is_image_file, iter_image_files
 from ._folds import LINKED_SUBJECTS, linked_subjects_of, subject_folds, subject_groups
 from ._names import LAYOUTS, TRANSFORMS, parse_label, parse_subject
+from ._preprocess_folder import FolderResult, preprocess_folder
 from ._splits import (
     SPLIT_METHODS,
     Split,
@@ -58,6 +59,8 @@ __all__ = [
     "apply_transform",
     "TTA_VIEWS",
     "tta_views",
+    "preprocess_folder",
+    "FolderResult",
     "class_weights",
     "is_image_file",
     "iter_image_files",

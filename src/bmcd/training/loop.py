@@ -354,6 +354,9 @@ def train_model(
             "learning_rate": lr,
             "epochs_requested": n_epochs,
             "epochs_run": run,
+            # None when no validation watched this phase (none given, or weight averaging)
+            "early_stopping_patience": (int(early_stopping_patience) if early is not None
+                                        else None),
             "stopped_early": bool(early is not None and early.stopped_epoch > 0),
             "best_epoch": (int(early.best_epoch) + 1 if early is not None and early.best_weights
                            is not None else run),
