@@ -228,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds")
     ap.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--val", type=float, default=0.2,
-                    help="inner validation fraction of each fold's training subjects")
+    ap.add_argument("--val", type=float, default=0.0,
+                    help="inner validation fraction of each fold's training subjects "
+                         "(default: 0, as bmcd cv)")
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--crop-size", default="default", metavar="N|none|default",

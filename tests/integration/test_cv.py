@@ -25,6 +25,8 @@ def test_cli_cv_tiny(tmp_path, capsys):
     assert rc == 0, text
     res = json.loads((out / "cv.json").read_text())
     assert res["settings"]["folds"] == 2 and res["settings"]["weights"] is None
+    assert res["settings"]["val"] == 0.0  # default: every training subject trains
+    assert all(f["validation_subjects"] == [] and f["threshold"] == 0.5 for f in res["folds"])
     assert len(res["folds"]) == 2
     tested = [s for f in res["folds"] for s in f["test_subjects"]]
     assert sorted(tested) == sorted(res["settings"]["subjects"])

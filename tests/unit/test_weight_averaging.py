@@ -40,10 +40,21 @@ def test_average_epochs_is_validated(kw):
         TrainConfig(**kw)
 
 
+def test_default_averages_the_last_third_from_scratch_only():
+    from bmcd.training.config import average_epochs_for
+
+    assert TrainConfig().average_epochs is None
+    assert [average_epochs_for(None, False, n) for n in (1, 2, 3, 10, 15, 30)] == [1, 1, 1, 3, 5, 10]
+    assert average_epochs_for(None, True, 15) == 0  # pretrained: off unless asked
+    assert average_epochs_for(None, False, 0) == 0
+    assert average_epochs_for(0, False, 15) == 0 and average_epochs_for(4, True, 15) == 4
+
+
 def test_average_epochs_flag_reaches_the_config():
     ap = argparse.ArgumentParser()
     TrainConfig.add_arguments(ap)
-    assert TrainConfig.from_namespace(ap.parse_args([])).average_epochs == 0
+    assert TrainConfig.from_namespace(ap.parse_args([])).average_epochs is None  # auto
+    assert TrainConfig.from_namespace(ap.parse_args(["--average-epochs", "0"])).average_epochs == 0
     assert TrainConfig.from_namespace(ap.parse_args(["--average-epochs", "4"])).average_epochs == 4
 
 

@@ -23,9 +23,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=5, metavar="K", help="folds (default: 5)")
     p.add_argument("--arch", default="mobilenet_v2", choices=["resnet50", "mobilenet_v2"])
     p.add_argument("--out", required=True, metavar="DIR", help="folder for cv.json and cv.md")
-    p.add_argument("--val", type=float, default=0.2, metavar="F",
-                   help="inner validation fraction of each fold's training subjects "
-                        "(default: 0.2)")
+    p.add_argument("--val", type=float, default=0.0, metavar="F",
+                   help="inner validation fraction of each fold's training subjects, which "
+                        "tunes the threshold (default: 0: all train, threshold 0.5)")
     p.add_argument("--tta", action="store_true",
                    help="also score with test-time augmentation (8 flips/rotations)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -19,7 +19,7 @@ from .._version import __version__
 from ..data import balance_augment, class_weights
 from ..errors import ConfigError
 from ..runtimes.keras import keras_module
-from .config import TrainConfig
+from .config import TrainConfig, average_epochs_for
 from .models import SCRATCH_BN_MOMENTUM, check_arch
 from .sequence import sequence_class
 
@@ -213,9 +213,10 @@ def train_model(
 
     Each phase stops early on ``val_loss`` (``early_stopping_patience``, when validation
     data are given) and restores its best weights, except a phase that averages weights
-    (``average_epochs``, the last phase only): it runs all its epochs and ends with the
-    average of the weights of its last ``average_epochs`` epochs, with BatchNorm statistics
-    re-estimated for them (:func:`reestimate_batchnorm`).
+    (``average_epochs``, the last phase only; by default the last third of a from-scratch
+    run, :func:`~bmcd.training.config.average_epochs_for`): it runs all its epochs and ends
+    with the average of the weights of its last ``average_epochs`` epochs, with BatchNorm
+    statistics re-estimated for them (:func:`reestimate_batchnorm`).
 
     Returns
     -------
@@ -296,9 +297,11 @@ def train_model(
     if verbose:
         print(f"bmcd: training {arch} ({mode}): {note}.", flush=True)
 
+    n_average = average_epochs_for(cfg.average_epochs, pretrained,
+                                   plan[-1][1] if plan else 0)
     phases: list[dict[str, Any]] = []
     for i_phase, (name, n_epochs, lr, unfreeze_from) in enumerate(plan):
-        averaging = cfg.average_epochs > 0 and i_phase == len(plan) - 1
+        averaging = n_average > 0 and i_phase == len(plan) - 1
         if unfreeze_from is None:
             backbone.trainable = False
             trainable_desc = "head only (backbone frozen)"
@@ -319,7 +322,7 @@ def train_model(
         early = None
         average = None
         if averaging:
-            average = _weight_average(keras, max(0, n_epochs - int(cfg.average_epochs)),
+            average = _weight_average(keras, max(0, n_epochs - n_average),
                                       train_seq)
             callbacks.append(average)
         elif has_val and early_stopping_patience is not None:
@@ -381,7 +384,7 @@ def train_model(
         "label_smoothing": float(cfg.label_smoothing),
         "color_jitter": float(cfg.color_jitter) if augment else 0.0,
         "noise": float(cfg.noise) if augment else 0.0,
-        "average_epochs": int(cfg.average_epochs),
+        "average_epochs": n_average,
         "batch_size": int(batch_size),
         "early_stopping_patience": early_stopping_patience if has_val else None,
         "seed": int(seed),
