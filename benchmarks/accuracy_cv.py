@@ -16,9 +16,12 @@ root::
     python benchmarks/accuracy_cv.py --out accuracy-cnmc-dev --seeds 1 2 --recipes bmcd
 
 The folds are fixed by ``--fold-seed`` (default 0); ``--seeds`` are the training seeds.
-The default settings (5 folds, 96 px, 15 epochs, both recipes, one seed) take about
-30 minutes on 2 CPU cores. bmcd's recipe is the library's default from scratch (crop window
-320 px); ``--crop-size none`` gives the tight crop, ``--set`` any TrainConfig field.
+The default settings (5 folds, 96 px, 15 epochs, both recipes, one seed) took about
+30 minutes on 2 Xeon cores with the previous default recipe; bmcd's current recipe alone
+took 79 minutes on 2 AVX2-only AMD EPYC cores (docs/accuracy.rst). bmcd's recipe is the
+library's default from scratch (crop window 320 px, weight averaging over the last third
+of the epochs) with every training subject of a fold training (``--val 0``);
+``--crop-size none`` gives the tight crop, ``--set`` any TrainConfig field.
 """
 
 from __future__ import annotations
