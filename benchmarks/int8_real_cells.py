@@ -86,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         "export_stderr_tail": proc.stderr.strip().splitlines()[-3:],
         "int8_file_written": (model / "model.int8.onnx").is_file(),
         "int8_gate": (meta.get("exports", {}).get("onnx_int8") or {}).get("gate"),
-        "cam_check": (meta.get("exports", {}).get("onnx_int8") or {}).get("cam"),
         "train_seconds": round(train_s, 1),
         "export_seconds": round(export_s, 1),
     }
